@@ -1,0 +1,1 @@
+"""Agent presence, the queue and dispatch: pure bookkeeping with thin async shells."""

@@ -1,0 +1,1 @@
+"""Realtime transports: the pure protocol layer and the thin WebSocket shells around it."""

@@ -1,0 +1,240 @@
+"""One tenant's immutable in-memory index: BM25 postings, a dense matrix, and chunk metadata.
+
+A snapshot is built off the event loop and swapped in whole, so searches never see a half
+-built index. Everything here is synchronous and free of I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from retrieval.bm25 import BM25Index
+from retrieval.chunking import DuplicateFilter
+from retrieval.fusion import RankConfig, group_vote, rrf, top_indices, weighted
+from retrieval.text import tokenize
+from warmline.errors import BadRequest
+from warmline.models import Chunk
+
+Vectors = npt.NDArray[np.float32]
+FILTER_KEYS = ("lang", "doc_type", "doc_id", "label")
+
+
+def index_text(chunk: Chunk) -> str:
+    """What both indexes read: the chunk with its title and headings, which often carry the
+    question the passage answers."""
+    parts = [chunk.title, *chunk.heading_path, chunk.text]
+    return "\n".join(p for p in parts if p)
+
+
+@dataclass(frozen=True)
+class DenseMatrix:
+    model_id: str
+    matrix: Vectors  # (n_chunks, dim), unit rows; zero rows for chunks still being embedded
+    present: npt.NDArray[np.bool_]
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.present.all())
+
+    def vector(self, i: int) -> Vectors:
+        return self.matrix[i]
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """Candidate order after fusion and voting, with the features confidence is fitted on."""
+
+    order: list[int]
+    scores: list[float]
+    features: dict[str, float]
+
+
+@dataclass
+class TenantIndex:
+    tenant: str
+    version: int
+    chunks: list[Chunk]
+    tokens: list[list[str]]
+    bm25: BM25Index
+    groups: npt.NDArray[np.int64]
+    dense: DenseMatrix | None = None
+    dropped_duplicates: int = 0
+    _columns: dict[str, npt.NDArray[np.int64]] = field(default_factory=dict)
+    _codes: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    # Building ----------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        tenant: str,
+        version: int,
+        chunks: Sequence[Chunk],
+        token_cache: Mapping[str, list[str]] | None = None,
+        dedupe: bool = True,
+    ) -> TenantIndex:
+        """Index a tenant's chunks. Chunks of other tenants are dropped here too, so a store
+        bug cannot leak them. Near-duplicates across documents keep the newest copy."""
+        own = [c for c in chunks if c.tenant == tenant]
+        dropped = 0
+        if dedupe and len(own) > 1:
+            # Newest first, so the copy that survives is the one most recently updated.
+            by_age = sorted(range(len(own)), key=lambda i: -own[i].updated_at)
+            f = DuplicateFilter()
+            keep = sorted(i for i in by_age if f.add(index_text(own[i])))
+            dropped = len(own) - len(keep)
+            own = [own[i] for i in keep]
+        cache = token_cache or {}
+        tokens = [
+            cache[c.chunk_id] if c.chunk_id in cache else tokenize(index_text(c)) for c in own
+        ]
+        group_ids: dict[str, int] = {}
+        groups = np.fromiter(
+            (
+                group_ids.setdefault(
+                    "L:" + c.label if c.label is not None else "C:" + c.chunk_id, len(group_ids)
+                )
+                for c in own
+            ),
+            dtype=np.int64,
+            count=len(own),
+        )
+        idx = cls(tenant, version, own, tokens, BM25Index(tokens), groups, None, dropped)
+        for key in FILTER_KEYS:
+            codes: dict[str, int] = {}
+            col = np.fromiter(
+                (codes.setdefault(str(getattr(c, key)), len(codes)) for c in own),
+                dtype=np.int64,
+                count=len(own),
+            )
+            idx._columns[key] = col
+            idx._codes[key] = codes
+        return idx
+
+    def with_dense(self, dense: DenseMatrix | None) -> TenantIndex:
+        return TenantIndex(
+            self.tenant, self.version, self.chunks, self.tokens, self.bm25, self.groups, dense,
+            self.dropped_duplicates, self._columns, self._codes,
+        )
+
+    def dense_from(
+        self, model_id: str, lookup: Callable[[str], Vectors | None], dim: int
+    ) -> DenseMatrix:
+        matrix = np.zeros((len(self.chunks), dim), dtype=np.float32)
+        present = np.zeros(len(self.chunks), dtype=bool)
+        for i, c in enumerate(self.chunks):
+            v = lookup(c.chunk_id)
+            if v is not None and v.shape[0] == dim:
+                matrix[i] = v
+                present[i] = True
+        return DenseMatrix(model_id, matrix, present)
+
+    def vector_of(self, chunk_id: str) -> Vectors | None:
+        if self.dense is None:
+            return None
+        pos = self._positions().get(chunk_id)
+        if pos is None or not self.dense.present[pos]:
+            return None
+        return self.dense.matrix[pos]
+
+    def _positions(self) -> dict[str, int]:
+        pos = self.__dict__.get("_pos")
+        if pos is None:
+            pos = {c.chunk_id: i for i, c in enumerate(self.chunks)}
+            self.__dict__["_pos"] = pos
+        return pos
+
+    def missing_vectors(self, model_id: str) -> list[Chunk]:
+        if self.dense is None or self.dense.model_id != model_id:
+            return list(self.chunks)
+        return [c for c, ok in zip(self.chunks, self.dense.present, strict=True) if not ok]
+
+    # Searching ---------------------------------------------------------------------------
+    def allowed(
+        self, filters: Mapping[str, str] | None, excluded_docs: Collection[str] = ()
+    ) -> npt.NDArray[np.bool_] | None:
+        """Mask of chunks passing the filters; None when everything passes."""
+        mask: npt.NDArray[np.bool_] | None = None
+        for key, value in (filters or {}).items():
+            if key not in FILTER_KEYS:
+                raise BadRequest(f"unknown filter {key!r}; use one of {', '.join(FILTER_KEYS)}")
+            code = self._codes[key].get(str(value))
+            m = (
+                self._columns[key] == code
+                if code is not None
+                else np.zeros(len(self.chunks), dtype=bool)
+            )
+            mask = m if mask is None else mask & m
+        if excluded_docs:
+            codes = [self._codes["doc_id"][d] for d in excluded_docs if d in self._codes["doc_id"]]
+            if codes:
+                m = ~np.isin(self._columns["doc_id"], codes)
+                mask = m if mask is None else mask & m
+        return mask
+
+    def rank(
+        self,
+        query_tokens: Sequence[str],
+        query_vector: Vectors | None,
+        config: RankConfig,
+        mask: npt.NDArray[np.bool_] | None = None,
+    ) -> Ranked:
+        """Fuse, vote and rank. `query_vector` is used only when the dense matrix is complete
+        and of the query's model (the caller guarantees the model matches)."""
+        n = len(self.chunks)
+        if n == 0:
+            return Ranked([], [], {})
+        bm25 = self.bm25.scores(query_tokens)
+        bound = self.bm25.max_score(query_tokens)
+        bm25_norm = bm25 / bound if bound > 0 else bm25
+        use_dense = (
+            query_vector is not None
+            and self.dense is not None
+            and self.dense.complete
+            and config.fusion != "bm25"
+        )
+        dense_scores: npt.NDArray[np.float64] | None = None
+        if use_dense:
+            assert self.dense is not None and query_vector is not None
+            dense_scores = (self.dense.matrix @ query_vector).astype(np.float64)
+
+        if dense_scores is None:
+            fused = np.where(bm25 > 0, bm25_norm, -np.inf)
+        elif config.fusion == "dense":
+            fused = dense_scores.copy()
+        elif config.fusion == "rrf":
+            b_rank = top_indices(np.where(bm25 > 0, bm25, -np.inf), config.candidates)
+            d_rank = top_indices(dense_scores, config.candidates)
+            fused = rrf([d_rank, b_rank], config.rrf_k, n)
+        else:
+            fused = weighted(dense_scores, bm25_norm, config.dense_weight)
+        if mask is not None:
+            fused = np.where(mask, fused, -np.inf)
+
+        cand = top_indices(fused, config.candidates)
+        if cand.shape[0] == 0:
+            return Ranked([], [], {})
+        # Score units differ by fusion; the vote temperature is relative to the top score.
+        scale = abs(float(fused[cand[0]])) or 1.0
+        vote = group_vote(cand, fused / scale, self.groups, config.vote_k, config.vote_temp)
+        order = vote.order
+        top = int(order[0])
+        top_group = self.groups[top]
+        others = cand[self.groups[cand] != top_group]
+        feats: dict[str, float] = {
+            "top_bm25": float(bm25_norm[top]),
+            "bm25_margin": float(bm25_norm[top])
+            - (float(bm25_norm[others].max()) if others.size else 0.0),
+            "vote_share": vote.group_share,
+        }
+        if dense_scores is not None:
+            same = cand[self.groups[cand] == top_group]
+            best_same = float(dense_scores[same].max())
+            feats["top_dense"] = float(dense_scores[top])
+            feats["dense_margin"] = best_same - (
+                float(dense_scores[others].max()) if others.size else 0.0
+            )
+        return Ranked([int(i) for i in order], [float(fused[i]) for i in order], feats)

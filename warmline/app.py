@@ -1,0 +1,141 @@
+"""The ASGI application: routes, lifespan, and nothing else."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket
+
+from realtime.agent import AgentConnection, SupervisorConnection
+from realtime.customer import CustomerConnection
+from warmline.config import Config
+from warmline.demo import DemoInfo, seed_demo
+from warmline.errors import Forbidden, Unauthorized, WarmlineError
+from warmline.runtime import Runtime
+
+STATIC = Path(__file__).resolve().parent.parent / "web" / "static"
+
+
+def _runtime(request: Request | WebSocket) -> Runtime:
+    runtime: Runtime = request.state.runtime
+    return runtime
+
+
+def error_response(error: WarmlineError) -> JSONResponse:
+    return JSONResponse(
+        {"type": "error", "code": error.code, "message": error.message},
+        status_code=error.http_status,
+    )
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    ok, checks = await _runtime(request).readiness()
+    return JSONResponse({"status": "ready" if ok else "unavailable", **checks}, 200 if ok else 503)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def bearer_agent(request: Request, role: str) -> Any:
+    header = request.headers.get("authorization", "")
+    if not header.lower().startswith("bearer "):
+        raise Unauthorized("missing bearer token")
+    agent = await _runtime(request).store.agent_by_token(header[7:].strip())
+    if agent is None:
+        raise Unauthorized("unknown or revoked token")
+    if agent.role != role:
+        raise Forbidden(f"a {role} token is required")
+    return agent
+
+
+async def api_stats(request: Request) -> Response:
+    try:
+        supervisor = await bearer_agent(request, "supervisor")
+        tenant = request.query_params.get("tenant") or supervisor.tenant
+        if tenant != supervisor.tenant:
+            raise Forbidden("another tenant's stats")
+        return JSONResponse(await _runtime(request).stats.snapshot(tenant))
+    except WarmlineError as exc:
+        return error_response(exc)
+
+
+async def api_demo(request: Request) -> Response:
+    demo: DemoInfo | None = request.state.demo
+    if demo is None:
+        return JSONResponse({"type": "error", "code": "not_found", "message": "not in demo mode"}, 404)
+    return JSONResponse(
+        {"tenant": demo.tenant, "agent_token": demo.agent_token,
+         "supervisor_token": demo.supervisor_token}
+    )
+
+
+def _page(name: str) -> Any:
+    async def page(request: Request) -> Response:
+        return FileResponse(STATIC / name, headers={"Cache-Control": "no-cache"})
+
+    return page
+
+
+def ws_endpoint(kind: type[CustomerConnection] | type[AgentConnection]) -> Any:
+    async def endpoint(websocket: WebSocket) -> None:
+        await kind(websocket, _runtime(websocket)).run()
+
+    return endpoint
+
+
+def create_app(config: Config | None = None) -> Starlette:
+    config = config or Config.from_env()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        runtime = Runtime(config)
+        await runtime.start()
+        demo = await seed_demo(runtime.store) if config.demo else None
+        # The server's graceful shutdown drains through this before uvicorn closes sockets.
+        app.state.runtime = runtime
+        try:
+            yield {"runtime": runtime, "demo": demo}
+        finally:
+            await runtime.close()
+
+    routes: list[Any] = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics_endpoint),
+        Route("/v1/api/stats", api_stats),
+        Route("/v1/api/demo", api_demo),
+        WebSocketRoute("/v1/ws/customer", ws_endpoint(CustomerConnection)),
+        WebSocketRoute("/v1/ws/agent", ws_endpoint(AgentConnection)),
+        WebSocketRoute("/v1/ws/supervisor", ws_endpoint(SupervisorConnection)),
+        Route("/", _page("index.html")),
+        Route("/agent", _page("agent.html")),
+        Route("/supervisor", _page("supervisor.html")),
+        Route("/widget.js", _page("widget.js")),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    try:
+        from fallback_longpoll.routes import routes as longpoll_routes
+
+        routes[5:5] = longpoll_routes()
+    except ImportError:
+        pass
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def app_factory() -> Starlette:
+    """For `uvicorn warmline.app:app_factory --factory`: configuration from the environment."""
+    return create_app(Config.from_env())

@@ -1,0 +1,1 @@
+"""Publish/subscribe between connections and nodes. Events are stored first, then published."""

@@ -1,0 +1,465 @@
+"""The bus across nodes: Redis pub/sub, one channel per conversation/agent/tenant, msgpack.
+
+How it stays correct when Redis misbehaves:
+
+- A node SUBSCRIBEs to a channel only while one of its local subscribers wants it (reference
+  counted), so no node reads traffic it does not need and there is no global channel.
+- One connection per node carries every subscription and one reader task owns it. We drive it
+  ourselves instead of using redis-py's PubSub, whose automatic reconnect resubscribes silently:
+  messages published during the gap would be lost without anyone knowing. Here every lost
+  connection ends a *session*; the next session resubscribes everything and then pushes RESYNC
+  into every local subscriber, which fills the gap from the store by seq.
+- A liveness probe publishes to the node-private channel `probe:<node_id>` every second and
+  expects it back within two: a subscription that died without closing its socket (a hung or
+  partitioned Redis) is noticed in seconds instead of never, while health stays honest.
+- Every operation has a short timeout: `publish` raises Unavailable instead of hanging
+  (callers stored the event first, so nothing is lost; subscribers resync later).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from typing import Any
+
+import msgpack
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from warmline.backoff import Backoff
+from warmline.bus.base import RESYNC, Bus, Message, Subscriber
+from warmline.errors import Unavailable
+
+log = logging.getLogger("warmline.bus.redis")
+
+PROBE_PREFIX = "probe:"
+
+# Everything a broken or hung connection can raise through redis-py or asyncio.
+_LINK_ERRORS = (RedisError, OSError, TimeoutError, EOFError)
+
+
+def pack(message: Message) -> bytes:
+    return msgpack.packb(message, use_bin_type=True)
+
+
+def unpack(payload: bytes) -> Message:
+    message = msgpack.unpackb(payload, raw=False)
+    if not isinstance(message, dict):
+        raise ValueError("bus payload is not a map")
+    return message
+
+
+class _ProbeLost(Exception):
+    """The subscription stopped delivering our own probes: treat the connection as dead."""
+
+
+class _Session:
+    """One pub/sub connection's life: what was sent on it and what Redis confirmed."""
+
+    def __init__(self, conn: AbstractConnection) -> None:
+        self.conn = conn
+        self.reader: asyncio.Task[None] | None = None
+        self.channels: set[str] = set()  # subscribed (SUBSCRIBE sent, no UNSUBSCRIBE since)
+        # (UN)SUBSCRIBE commands sent and replies seen, per channel. Redis answers each in
+        # order, so "replies >= n" means the n-th command took effect.
+        self.sent: dict[str, int] = {}
+        self.acked: dict[str, int] = {}
+        self._waiters: list[tuple[str, int, asyncio.Future[bool]]] = []
+        self.dead = False
+        self.started_at = time.monotonic()
+        self.probe_nonce = 0
+        self.probes_out: dict[int, float] = {}  # nonce -> monotonic time it was published
+
+    def record_sent(self, channel: str) -> int:
+        n = self.sent.get(channel, 0) + 1
+        self.sent[channel] = n
+        return n
+
+    def record_ack(self, channel: str) -> None:
+        n = self.acked.get(channel, 0) + 1
+        self.acked[channel] = n
+        keep = []
+        for waiter in self._waiters:
+            ch, target, fut = waiter
+            if ch == channel and target <= n:
+                if not fut.done():
+                    fut.set_result(True)
+            else:
+                keep.append(waiter)
+        self._waiters = keep
+
+    def confirmation(self, channel: str, target: int) -> asyncio.Future[bool]:
+        """Resolves True once the target-th command on the channel is confirmed, False if the
+        session ends first."""
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if self.dead:
+            fut.set_result(False)
+        elif self.acked.get(channel, 0) >= target:
+            fut.set_result(True)
+        else:
+            self._waiters.append((channel, target, fut))
+        return fut
+
+    def end(self) -> None:
+        self.dead = True
+        for _, _, fut in self._waiters:
+            if not fut.done():
+                fut.set_result(False)
+        self._waiters.clear()
+
+    def probe_acked(self, nonce: int) -> None:
+        for n in [n for n in self.probes_out if n <= nonce]:
+            del self.probes_out[n]
+
+
+class RedisBus(Bus):
+    def __init__(
+        self,
+        url: str,
+        node_id: str = "",
+        *,
+        probe_interval_s: float = 1.0,
+        probe_timeout_s: float = 2.0,
+        op_timeout_s: float = 1.0,
+        connect_timeout_s: float = 2.0,
+        start_timeout_s: float = 5.0,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.node_id = node_id or uuid.uuid4().hex[:12]
+        self.probe_channel = PROBE_PREFIX + self.node_id
+        self.reconnects = 0
+        self._url = url
+        self._probe_interval = probe_interval_s
+        self._probe_timeout = probe_timeout_s
+        self._op_timeout = op_timeout_s
+        self._connect_timeout = connect_timeout_s
+        self._start_timeout = start_timeout_s
+        self._backoff = backoff or Backoff(base=0.05, cap=2.0)
+        # A session that survived this long resets the backoff; a flapping Redis (accepts,
+        # then drops) keeps backing off instead of being hammered at the base delay.
+        self._stable_after = max(5.0, 2 * probe_timeout_s)
+        # Commands (PUBLISH, PING): a pool with short timeouts and one immediate retry, so a
+        # connection left stale by a Redis restart is replaced once instead of failing.
+        self._cmd = Redis.from_url(
+            url,
+            socket_timeout=op_timeout_s,
+            socket_connect_timeout=op_timeout_s,
+            retry=Retry(NoBackoff(), 1),
+            client_name=f"warmline-cmd-{self.node_id}",
+        )
+        # Only a factory for the pub/sub connection. No read timeout on it (channels may be
+        # idle for hours; the probe watches it), RESP2 so pushes are plain replies, and no
+        # retries: every failure must reach our session loop.
+        self._sub_pool = ConnectionPool.from_url(
+            url,
+            socket_timeout=None,
+            socket_connect_timeout=connect_timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            protocol=2,
+            client_name=f"warmline-bus-{self.node_id}",
+        )
+        self._local: dict[str, set[Subscriber]] = {}
+        self._lock = asyncio.Lock()  # orders (UN)SUBSCRIBE decisions with their sends
+        self._session: _Session | None = None
+        self._healthy = False
+        self._healthy_event = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._sessions_opened = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect in the background; wait (bounded) for the first session, never fail.
+
+        A node started while Redis is down still starts: it reports unhealthy (readiness 503)
+        and connects as soon as Redis answers.
+        """
+        if self._task is not None or self._closed:
+            return
+        self._task = asyncio.create_task(self._run(), name=f"redis-bus-{self.node_id}")
+        if not await self.wait_healthy(self._start_timeout):
+            log.warning("bus: redis not reachable yet at start; retrying in the background")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+        self._set_healthy(False)
+        await self._cmd.aclose()
+        await self._sub_pool.disconnect()
+        for subscriber in self._all_subscribers():
+            subscriber.close()
+        self._local.clear()
+
+    async def wait_healthy(self, within_s: float) -> bool:
+        """True once the bus is (or becomes) healthy within the given time."""
+        try:
+            async with asyncio.timeout(within_s):
+                await self._healthy_event.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    # -- Bus -----------------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    async def ping(self) -> None:
+        if not self._healthy:
+            raise Unavailable("bus: redis subscription is down")
+        try:
+            async with asyncio.timeout(self._op_timeout):
+                await self._cmd.ping()
+        except _LINK_ERRORS as exc:
+            raise Unavailable(f"bus: redis does not answer: {exc}") from exc
+
+    async def publish(self, channel: str, message: Message) -> None:
+        # Always try, even while our own subscription is down: other nodes may be connected,
+        # and a publish that reaches them saves them a gap. A failure is quick and explicit.
+        if self._closed:
+            raise Unavailable("bus is closed")
+        payload = pack(message)
+        try:
+            async with asyncio.timeout(self._op_timeout):
+                await self._cmd.publish(channel, payload)
+        except _LINK_ERRORS as exc:
+            raise Unavailable(f"bus: publish to redis failed: {exc}") from exc
+
+    async def subscribe(self, channel: str, subscriber: Subscriber) -> None:
+        """Returns once Redis confirms the subscription, so a caller may then read the store
+        and go live without a gap. While Redis is down it returns at once; the subscriber
+        then gets RESYNC when the bus is back."""
+        if channel.startswith(PROBE_PREFIX):
+            raise ValueError(f"channel names starting with {PROBE_PREFIX!r} are reserved")
+        self._local.setdefault(channel, set()).add(subscriber)
+        await self._reconcile(channel)
+
+    async def unsubscribe(self, channel: str, subscriber: Subscriber) -> None:
+        subscribers = self._local.get(channel)
+        if subscribers is None:
+            return
+        subscribers.discard(subscriber)
+        if not subscribers:
+            del self._local[channel]
+        await self._reconcile(channel)
+
+    def channel_count(self) -> int:
+        return len(self._local)
+
+    # -- subscriptions -------------------------------------------------------------------
+
+    async def _reconcile(self, channel: str) -> None:
+        """Bring Redis in line with the local wish for one channel and await the confirmation.
+
+        Decision and send happen under one lock, so racing subscribe/unsubscribe calls reach
+        Redis in the order their decisions were made.
+        """
+        async with self._lock:
+            session = self._session
+            if session is None or session.dead:
+                return  # the next session subscribes to whatever is wanted then
+            wanted = channel in self._local
+            if wanted == (channel in session.channels):
+                target = session.sent.get(channel, 0)  # maybe still in flight: wait for it
+            else:
+                command = "SUBSCRIBE" if wanted else "UNSUBSCRIBE"
+                try:
+                    target = await self._send(session, command, [channel])
+                except _LINK_ERRORS:
+                    self._kill(session)
+                    return
+        if target:
+            await self._confirmed(session, channel, target)
+
+    async def _send(self, session: _Session, command: str, channels: list[str]) -> int:
+        """Send one (UN)SUBSCRIBE for the channels; return this channel's command count."""
+        if session.dead or not session.conn.is_connected:
+            # redis-py would quietly open a new connection on send: never let it.
+            raise ConnectionError("pub/sub connection is gone")
+        async with asyncio.timeout(self._op_timeout):
+            await session.conn.send_command(command, *channels)
+        target = 0
+        for channel in channels:
+            if command == "SUBSCRIBE":
+                session.channels.add(channel)
+            else:
+                session.channels.discard(channel)
+            target = session.record_sent(channel)
+        return target
+
+    async def _confirmed(self, session: _Session, channel: str, target: int) -> bool:
+        fut = session.confirmation(channel, target)
+        try:
+            async with asyncio.timeout(self._connect_timeout + self._probe_timeout):
+                return await fut
+        except TimeoutError:
+            # Redis is too slow to confirm; the probe ends this session soon, and the
+            # subscriber gets RESYNC after the next one.
+            return False
+
+    def _kill(self, session: _Session) -> None:
+        """End a session from outside its reader (the supervisor then reconnects)."""
+        session.end()
+        if session.reader is not None:
+            session.reader.cancel()
+
+    def _all_subscribers(self) -> set[Subscriber]:
+        every: set[Subscriber] = set()
+        for subscribers in self._local.values():
+            every.update(subscribers)
+        return every
+
+    def _set_healthy(self, healthy: bool) -> None:
+        self._healthy = healthy
+        if healthy:
+            self._healthy_event.set()
+        else:
+            self._healthy_event.clear()
+
+    # -- the session loop ----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            session: _Session | None = None
+            try:
+                session = await self._open_session()
+                await self._supervise(session)
+            except asyncio.CancelledError:
+                raise
+            except (*_LINK_ERRORS, _ProbeLost) as exc:
+                if self._healthy or attempt == 0:
+                    log.warning("bus: redis connection lost: %r", exc)
+            except Exception:
+                # A bug must not silently end delivery for the node: log it and reconnect.
+                log.exception("bus: unexpected error in the redis session")
+            finally:
+                self._set_healthy(False)
+                if session is not None:
+                    await self._close_session(session)
+            if session is not None and time.monotonic() - session.started_at >= self._stable_after:
+                attempt = 0
+            await asyncio.sleep(self._backoff.delay(attempt, random.random()))
+            attempt += 1
+
+    async def _open_session(self) -> _Session:
+        conn = self._sub_pool.make_connection()
+        session = _Session(conn)
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await conn.connect()
+                session.reader = asyncio.create_task(
+                    self._read(session), name=f"redis-bus-reader-{self.node_id}"
+                )
+                async with self._lock:
+                    self._session = session
+                    channels = [self.probe_channel, *self._local]
+                    await self._send(session, "SUBSCRIBE", channels)
+                    targets = [(ch, session.sent[ch]) for ch in channels]
+                for channel, target in targets:
+                    if not await session.confirmation(channel, target):
+                        raise ConnectionError("pub/sub connection lost while subscribing")
+        except BaseException:
+            await self._close_session(session)
+            raise
+        session.started_at = time.monotonic()
+        if self._sessions_opened:
+            self.reconnects += 1
+            log.info("bus: redis subscription restored (%d channels)", len(self._local))
+        self._sessions_opened += 1
+        self._set_healthy(True)
+        # Subscribed again before this: anything published from now on arrives live, and
+        # whatever was published while we were away is read back from the store.
+        for subscriber in self._all_subscribers():
+            subscriber.push(RESYNC)
+        return session
+
+    async def _close_session(self, session: _Session) -> None:
+        session.end()
+        if self._session is session:
+            self._session = None
+        reader = session.reader
+        if reader is not None:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        await session.conn.disconnect(nowait=True)
+
+    async def _supervise(self, session: _Session) -> None:
+        """Return (by raising) when the reader dies or the probe says the session is dead."""
+        reader = session.reader
+        assert reader is not None
+        while True:
+            await asyncio.wait({reader}, timeout=self._probe_interval)
+            if reader.done():
+                error = None if reader.cancelled() else reader.exception()
+                raise error or ConnectionError("pub/sub reader ended")
+            if session.dead:
+                raise ConnectionError("pub/sub session ended")
+            await self._probe(session)
+
+    async def _probe(self, session: _Session) -> None:
+        now = time.monotonic()
+        if session.probes_out and now - min(session.probes_out.values()) > self._probe_timeout:
+            raise _ProbeLost(f"no probe came back within {self._probe_timeout}s")
+        session.probe_nonce += 1
+        session.probes_out[session.probe_nonce] = now
+        async with asyncio.timeout(self._op_timeout):
+            probe = pack({"n": session.probe_nonce})
+            receivers = await self._cmd.publish(self.probe_channel, probe)
+        if receivers == 0:
+            # Redis itself says nobody listens on our private channel: our subscription is
+            # gone even though the socket looks fine.
+            raise _ProbeLost("redis reports no subscriber on the probe channel")
+
+    async def _read(self, session: _Session) -> None:
+        """The node's one reader: confirmations, probes and messages, in Redis's order."""
+        conn = session.conn
+        try:
+            while True:
+                reply: Any = await conn.read_response(disconnect_on_error=False)
+                if not isinstance(reply, list) or len(reply) < 3:
+                    continue
+                kind, raw_channel = reply[0], reply[1]
+                channel = raw_channel.decode() if isinstance(raw_channel, bytes) else raw_channel
+                if kind == b"message":
+                    self._deliver(session, channel, reply[2])
+                elif kind in (b"subscribe", b"unsubscribe"):
+                    session.record_ack(channel)
+        finally:
+            session.end()
+
+    def _deliver(self, session: _Session, channel: str, payload: bytes) -> None:
+        if channel == self.probe_channel:
+            try:
+                session.probe_acked(int(unpack(payload)["n"]))
+            except (ValueError, KeyError, TypeError, msgpack.UnpackException):
+                pass
+            return
+        subscribers = self._local.get(channel)
+        if not subscribers:
+            return  # an UNSUBSCRIBE is in flight; nobody here wants it any more
+        try:
+            message = unpack(payload)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            log.warning("bus: dropping an undecodable message on %s", channel)
+            return
+        for subscriber in tuple(subscribers):
+            subscriber.push(message)

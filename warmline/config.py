@@ -1,0 +1,107 @@
+"""The one typed configuration object, read from `WARMLINE_*` variables and CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, get_type_hints
+
+ENV_PREFIX = "WARMLINE_"
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {raw!r}")
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    db: str = "warmline.db"
+    redis_url: str = ""
+    demo: bool = False
+    node_id: str = ""
+
+    # Realtime
+    heartbeat_s: float = 15.0
+    max_frame_bytes: int = 64 * 1024
+    max_text_chars: int = 8000
+    send_queue_frames: int = 512
+    drain_reconnect_ms: int = 250
+    drain_timeout_s: float = 10.0
+
+    # Dispatch and handoff
+    agent_grace_s: float = 30.0
+    reply_sla_s: float = 120.0
+    dispatch_tick_s: float = 1.0
+    default_handle_time_s: float = 180.0
+    presence_ttl_s: float = 45.0
+
+    # Bot and retrieval
+    confidence_threshold: float = 0.5
+    bot_name: str = "Warmline Bot"
+    retriever: str = "bm25"  # bm25 | hybrid
+    embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"
+
+    # LLM (optional; with no base URL the extractive answerer is used)
+    llm_base_url: str = ""
+    llm_api_key: str = ""
+    llm_model_small: str = ""
+    llm_model_large: str = ""
+    llm_timeout_s: float = 20.0
+
+    # Sessions and security
+    token_ttl_s: float = 30 * 24 * 3600.0
+    secret_key: str = ""  # empty: a key is generated once and kept in the store
+
+    # Operations
+    log_json: bool = False
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Config:
+        """Environment first, then explicit overrides (CLI flags) that are not None."""
+        environ = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            values[f.name] = _coerce(f.name, hints[f.name], raw)
+        if "port" not in values and environ.get("PORT"):
+            values["port"] = _coerce("port", int, environ["PORT"])
+        for name, value in overrides.items():
+            if value is not None:
+                values[name] = value
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def llm_enabled(self) -> bool:
+        return bool(self.llm_base_url)
+
+
+def _coerce(name: str, kind: Any, raw: str) -> Any:
+    try:
+        if kind is bool:
+            return _parse_bool(raw)
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        return raw
+    except ValueError as exc:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}: {exc}") from exc
+

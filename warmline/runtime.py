@@ -1,0 +1,204 @@
+"""Everything one node runs, built in order on start and torn down in reverse on close.
+
+The app's lifespan owns one Runtime and hands it to endpoints through `request.state`
+(starlette lifespan state), never through module globals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from starlette.websockets import WebSocket
+
+from llm.base import Answerer
+from llm.factory import build_answerer
+from presence.backend import MemoryPresence, PresenceBackend
+from presence.dispatcher import Dispatcher
+from realtime.ratelimit import TokenBucket
+from retrieval.base import Retriever
+from retrieval.factory import build_retriever
+from warmline import metrics
+from warmline.bot import BotRunner
+from warmline.bus.base import Bus
+from warmline.bus.memory import MemoryBus
+from warmline.config import Config
+from warmline.conversations import ConversationService
+from warmline.errors import RateLimited
+from warmline.models import Conversation, Event
+from warmline.stats import StatsService
+from warmline.store import open_store
+from warmline.store.base import Store
+from warmline.store.ids import new_id
+from warmline.tasks import TaskOwner
+from warmline.tokens import SessionSigner
+
+if TYPE_CHECKING:
+    from realtime.connection import Connection
+
+log = logging.getLogger("warmline.runtime")
+
+MESSAGE_RATE = (5.0, 20.0)  # per connection: 5 messages/s sustained, bursts of 20
+TYPING_RATE = (4.0, 8.0)
+
+
+class ConnectionRegistry:
+    def __init__(self) -> None:
+        self._connections: set[Connection] = set()
+
+    def add(self, connection: Connection) -> None:
+        self._connections.add(connection)
+        metrics.CONNECTIONS.labels(connection.role, "websocket").inc()
+
+    def discard(self, connection: Connection) -> None:
+        if connection in self._connections:
+            self._connections.discard(connection)
+            metrics.CONNECTIONS.labels(connection.role, "websocket").dec()
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    async def drain(self, after_ms: int, timeout_s: float) -> None:
+        connections = list(self._connections)
+        for connection in connections:
+            connection.begin_drain(after_ms)
+        if connections:
+            await asyncio.wait(
+                [asyncio.ensure_future(c.closed.wait()) for c in connections], timeout=timeout_s
+            )
+
+
+class Runtime:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.node_id = config.node_id or new_id("node")
+        self.draining = False
+        self.connections = ConnectionRegistry()
+        self.tasks = TaskOwner("background")
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}
+        self.started_at = time.time()
+
+    async def start(self) -> None:
+        config = self.config
+        self.store: Store = open_store(config.db)
+        await self.store.open()
+        self.bus: Bus = self._build_bus()
+        await self.bus.start()
+        self.presence: PresenceBackend = self._build_presence()
+        keys = [k.strip().encode() for k in config.secret_key.split(",") if k.strip()]
+        keys.append(await self.store.secret("session-signing"))
+        self.signer = SessionSigner(keys, config.token_ttl_s)
+        self.conversations = ConversationService(self.store, self.bus, self.signer)
+        self.conversations.state_hooks.append(self._count_transition)
+        self.retriever: Retriever = build_retriever(config, self.store)
+        self.answerer: Answerer = build_answerer(config)
+        self.bot = BotRunner(config, self.conversations, self.retriever, self.answerer, self.tasks)
+        self.conversations.customer_message_hooks.append(self.bot.on_customer_message)
+        self.dispatcher = Dispatcher(config, self.conversations, self.presence, self.tasks)
+        self.dispatcher.start()
+        self.stats = StatsService(self.store, self.dispatcher, config.reply_sla_s)
+
+    def _build_bus(self) -> Bus:
+        if not self.config.redis_url:
+            return MemoryBus()
+        from warmline.bus.redis import RedisBus
+
+        return RedisBus(self.config.redis_url, node_id=self.node_id)
+
+    def _build_presence(self) -> PresenceBackend:
+        if not self.config.redis_url:
+            return MemoryPresence()
+        from presence.redis_backend import RedisPresence
+
+        return RedisPresence(self.config.redis_url)
+
+    async def drain(self) -> None:
+        """SIGTERM: readiness goes 503, clients are told to reconnect elsewhere, writes finish."""
+        self.draining = True
+        await self.connections.drain(self.config.drain_reconnect_ms, self.config.drain_timeout_s)
+
+    async def close(self) -> None:
+        self.draining = True
+        await self.dispatcher.close()
+        await self.tasks.close(timeout_s=5.0)
+        await self.retriever.close()
+        await self.answerer.close()
+        await self.presence.close()
+        await self.bus.close()
+        await self.store.close()
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        checks: dict[str, Any] = {}
+        ok = True
+        if self.draining:
+            return False, {"reason": "draining"}
+        try:
+            await asyncio.wait_for(self.store.ping(), timeout=2.0)
+            checks["store"] = "ok"
+        except Exception as exc:
+            ok, checks["store"] = False, f"unavailable: {exc}"
+        try:
+            await asyncio.wait_for(self.bus.ping(), timeout=2.0)
+            checks["bus"] = "ok" if self.bus.healthy else "unhealthy"
+            ok = ok and self.bus.healthy
+        except Exception as exc:
+            ok, checks["bus"] = False, f"unavailable: {exc}"
+        if not ok:
+            checks["reason"] = ", ".join(f"{k} {v}" for k, v in checks.items() if v != "ok")
+        return ok, checks
+
+    # Policies used by the transports ---------------------------------------------------------
+    async def check_origin(self, websocket: WebSocket) -> bool:
+        """Browsers always send Origin; without an allow-list every origin is accepted."""
+        return True
+
+    def _bucket(self, owner: str, kind: str) -> TokenBucket:
+        key = (owner, kind)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            rate, burst = MESSAGE_RATE if kind == "message" else TYPING_RATE
+            bucket = self._buckets[key] = TokenBucket(rate, burst)
+        return bucket
+
+    def forget_limits(self, owner: str) -> None:
+        for kind in ("message", "typing"):
+            self._buckets.pop((owner, kind), None)
+
+    def check_rate(self, connection: Connection, kind: str) -> None:
+        wait = self._bucket(connection.id, kind).take(time.monotonic())
+        if wait > 0:
+            metrics.RATE_LIMITED.labels(kind).inc()
+            raise RateLimited("slow down", retry_after_s=round(wait, 3))
+
+    def allow_typing(self, connection: Connection) -> bool:
+        # Typing over the limit is dropped silently: it is ephemeral and the next one wins.
+        allowed = self._bucket(connection.id, "typing").take(time.monotonic()) == 0
+        if not allowed:
+            metrics.RATE_LIMITED.labels("typing").inc()
+        return allowed
+
+    # Metrics hooks ---------------------------------------------------------------------------
+    def metrics_slow_consumer(self) -> None:
+        metrics.SLOW_CONSUMERS.inc()
+
+    def metrics_error(self, code: str) -> None:
+        metrics.ERRORS.labels(code).inc()
+
+    def metrics_frame_in(self, role: str) -> None:
+        metrics.FRAMES_IN.labels(role).inc()
+
+    def metrics_frame_out(self, role: str) -> None:
+        metrics.FRAMES_OUT.labels(role).inc()
+
+    def metrics_delivered(self, frame: dict[str, Any]) -> None:
+        ts = frame.get("ts")
+        if isinstance(ts, float):
+            metrics.DELIVERY_LATENCY.observe(max(time.time() - ts, 0.0))
+
+    async def _count_transition(self, conversation: Conversation, event: Event) -> None:
+        source, target = event.data.get("from", ""), event.data.get("to", "")
+        metrics.TRANSITIONS.labels(source, target).inc()
+        if target == "human" and conversation.queued_at and conversation.assigned_at:
+            metrics.QUEUE_WAIT.observe(max(conversation.assigned_at - conversation.queued_at, 0.0))

@@ -1,0 +1,54 @@
+"""Serving with uvicorn, with Warmline's drain in front of uvicorn's own shutdown."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import uvicorn
+from starlette.applications import Starlette
+
+from warmline.config import Config
+
+log = logging.getLogger("warmline.server")
+
+
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM: tell every client to reconnect elsewhere (close 1012) and finish their
+    writes, then let uvicorn stop listening, wait for requests and run the lifespan end."""
+
+    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+        super().__init__(config)
+        self._app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        runtime = getattr(self._app.state, "runtime", None)
+        if runtime is not None:
+            try:
+                await runtime.drain()
+            except Exception:
+                log.exception("drain failed; shutting down anyway")
+        await super().shutdown(sockets)
+
+
+def uvicorn_config(app: Starlette, config: Config) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        # uvicorn refuses larger frames with 1009 before they reach the app; the app's own,
+        # smaller limit answers `too_large` first for frames in between.
+        ws_max_size=config.max_frame_bytes * 4,
+        ws_ping_interval=config.heartbeat_s,
+        ws_ping_timeout=config.heartbeat_s,
+        timeout_graceful_shutdown=int(config.drain_timeout_s) + 5,
+        log_level=config.log_level,
+        lifespan="on",
+    )
+
+
+def serve(config: Config) -> None:
+    from warmline.app import create_app
+
+    app = create_app(config)
+    DrainingServer(uvicorn_config(app, config), app).run()

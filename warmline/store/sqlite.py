@@ -1,0 +1,770 @@
+"""The embedded store: SQLite in WAL mode through aiosqlite, with group commit.
+
+Writes are plain synchronous functions over a `sqlite3.Connection`, queued and run in
+batches: one `BEGIN IMMEDIATE … COMMIT` (one fsync) covers every write that arrived while the
+previous batch was committing, and each write has its own SAVEPOINT so one refused write
+(a compare-and-set conflict, say) does not undo its neighbours. Reads go through a second
+connection, which WAL lets run beside the writer. Several processes may share the file:
+`BEGIN IMMEDIATE` with a busy timeout serialises their writers, so per-conversation `seq`
+stays gap-free across nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from warmline.errors import BadRequest, Conflict, NotFound, Unavailable, WarmlineError
+from warmline.models import Agent, Chunk, Conversation, Document, Event, Tenant
+from warmline.store.base import (
+    MessageRequest,
+    Store,
+    TenantStats,
+    TransitionRequest,
+)
+from warmline.store.ids import client_key, hash_token, new_agent_token, new_id
+from warmline.store.migrations import MIGRATIONS
+
+T = TypeVar("T")
+SyncOp = Callable[[sqlite3.Connection], Any]
+
+MAX_BATCH = 256
+
+
+def _run_in_connection_thread(conn: aiosqlite.Connection, fn: Callable[[], T]) -> Any:
+    # aiosqlite runs one thread per connection; handing it a whole function costs one thread
+    # hop per batch instead of one per statement, which is what makes group commit pay off.
+    return conn._execute(fn)
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: str, busy_timeout_ms: int = 15000) -> None:
+        self.path = path
+        self._busy_timeout_ms = busy_timeout_ms
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._queue: asyncio.Queue[tuple[SyncOp, asyncio.Future[Any]]] = asyncio.Queue()
+        self._writer_task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.batched_writes = 0
+
+    # Lifecycle -----------------------------------------------------------------------------
+    async def open(self) -> None:
+        if self.path != ":memory:":
+            directory = os.path.dirname(os.path.abspath(self.path))
+            os.makedirs(directory, exist_ok=True)
+        self._writer = await self._connect()
+        await _run_in_connection_thread(self._writer, lambda: self._migrate(self._raw(self._writer)))
+        self._reader = await self._connect()
+        self._writer_task = asyncio.create_task(self._write_loop(), name="sqlite-writer")
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None, check_same_thread=False)
+        await conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        await conn.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode: a commit survives a process crash; only an OS crash may lose
+        # the latest transactions, never corrupt the file.
+        await conn.execute("PRAGMA synchronous = NORMAL")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    @staticmethod
+    def _raw(conn: aiosqlite.Connection | None) -> sqlite3.Connection:
+        assert conn is not None
+        return conn._conn
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+            )
+            applied = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
+            for version, statements in MIGRATIONS:
+                if version in applied:
+                    continue
+                for statement in statements:
+                    db.execute(statement)
+                db.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                    (version, time.time()),
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        if self._writer_task is not None:
+            # Let queued writes finish: they were acknowledged to nobody yet, but callers wait.
+            await self._queue.join()
+            self._writer_task.cancel()
+            try:
+                await self._writer_task
+            except asyncio.CancelledError:
+                pass
+            self._writer_task = None
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    async def ping(self) -> None:
+        await self._read(lambda db: db.execute("SELECT 1").fetchone())
+
+    async def schema_version(self) -> int:
+        row = await self._read(
+            lambda db: db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+        )
+        return int(row[0] or 0)
+
+    # Plumbing ------------------------------------------------------------------------------
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._reader
+        if conn is None:
+            raise Unavailable("store is closed")
+        raw = self._raw(conn)
+        try:
+            result: T = await _run_in_connection_thread(conn, lambda: fn(raw))
+        except sqlite3.Error as exc:
+            raise Unavailable(f"store read failed: {exc}") from exc
+        return result
+
+    async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        if self._writer_task is None:
+            raise Unavailable("store is closed")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((op, future))
+        return await future
+
+    async def _write_loop(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                outcomes = await _run_in_connection_thread(
+                    self._writer_for_loop(), lambda b=batch: self._run_batch(b)  # type: ignore[misc]
+                )
+            except Exception as exc:  # the transaction itself failed: nothing was stored
+                error = Unavailable(f"store write failed: {exc}")
+                outcomes = [(False, error)] * len(batch)
+            self.batches += 1
+            self.batched_writes += len(batch)
+            for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                if not future.done():
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+                self._queue.task_done()
+
+    def _writer_for_loop(self) -> aiosqlite.Connection:
+        assert self._writer is not None
+        return self._writer
+
+    def _run_batch(self, batch: list[tuple[SyncOp, asyncio.Future[Any]]]) -> list[tuple[bool, Any]]:
+        db = self._raw(self._writer)
+        db.execute("BEGIN IMMEDIATE")
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            for op, _ in batch:
+                db.execute("SAVEPOINT op")
+                try:
+                    result = op(db)
+                except Exception as exc:
+                    db.execute("ROLLBACK TO op")
+                    db.execute("RELEASE op")
+                    if not isinstance(exc, WarmlineError):
+                        exc = Unavailable(f"store write failed: {exc}")
+                    outcomes.append((False, exc))
+                else:
+                    db.execute("RELEASE op")
+                    outcomes.append((True, result))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return outcomes
+
+    # Secrets -------------------------------------------------------------------------------
+    async def secret(self, name: str, generate_bytes: int = 32) -> bytes:
+        def op(db: sqlite3.Connection) -> bytes:
+            db.execute(
+                "INSERT OR IGNORE INTO secrets (name, value) VALUES (?, ?)",
+                (name, secrets.token_bytes(generate_bytes)),
+            )
+            row = db.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()
+            return bytes(row[0])
+
+        return await self._write(op)
+
+    # Tenants -------------------------------------------------------------------------------
+    async def add_tenant(
+        self, tenant_id: str, name: str = "", allowed_origins: Sequence[str] = ()
+    ) -> Tenant:
+        now = time.time()
+
+        def op(db: sqlite3.Connection) -> Tenant:
+            try:
+                db.execute(
+                    "INSERT INTO tenants (id, name, created_at, allowed_origins) VALUES (?,?,?,?)",
+                    (tenant_id, name or tenant_id, now, json.dumps(list(allowed_origins))),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise Conflict(f"tenant {tenant_id!r} already exists") from exc
+            return _tenant_row(db, tenant_id)
+
+        return await self._write(op)
+
+    async def get_tenant(self, tenant_id: str) -> Tenant:
+        return await self._read(lambda db: _tenant_row(db, tenant_id))
+
+    async def list_tenants(self) -> list[Tenant]:
+        def fn(db: sqlite3.Connection) -> list[Tenant]:
+            rows = db.execute(f"SELECT {_TENANT_COLS} FROM tenants ORDER BY id").fetchall()
+            return [_tenant(r) for r in rows]
+
+        return await self._read(fn)
+
+    async def set_allowed_origins(self, tenant_id: str, origins: Sequence[str]) -> Tenant:
+        def op(db: sqlite3.Connection) -> Tenant:
+            cur = db.execute(
+                "UPDATE tenants SET allowed_origins = ? WHERE id = ?",
+                (json.dumps(list(origins)), tenant_id),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"unknown tenant {tenant_id!r}")
+            return _tenant_row(db, tenant_id)
+
+        return await self._write(op)
+
+    # Agents --------------------------------------------------------------------------------
+    async def add_agent(
+        self, tenant_id: str, name: str, role: str = "agent", token: str | None = None
+    ) -> tuple[Agent, str]:
+        if role not in ("agent", "supervisor"):
+            raise BadRequest(f"unknown role {role!r}")
+        token = token or new_agent_token()
+        agent_id = new_id("a")
+        now = time.time()
+
+        def op(db: sqlite3.Connection) -> Agent:
+            _tenant_row(db, tenant_id)
+            db.execute(
+                "INSERT INTO agents (tenant, id, name, role, token_hash, created_at) "
+                "VALUES (?,?,?,?,?,?)",
+                (tenant_id, agent_id, name, role, hash_token(token), now),
+            )
+            return _agent_row(db, agent_id)
+
+        return await self._write(op), token
+
+    async def agent_by_token(self, token: str) -> Agent | None:
+        digest = hash_token(token)
+
+        def fn(db: sqlite3.Connection) -> Agent | None:
+            row = db.execute(
+                f"SELECT {_AGENT_COLS} FROM agents WHERE token_hash = ? AND revoked = 0", (digest,)
+            ).fetchone()
+            return _agent(row) if row else None
+
+        return await self._read(fn)
+
+    async def get_agent(self, agent_id: str) -> Agent:
+        return await self._read(lambda db: _agent_row(db, agent_id))
+
+    async def list_agents(self, tenant_id: str | None = None) -> list[Agent]:
+        def fn(db: sqlite3.Connection) -> list[Agent]:
+            if tenant_id is None:
+                rows = db.execute(f"SELECT {_AGENT_COLS} FROM agents ORDER BY tenant, name")
+            else:
+                rows = db.execute(
+                    f"SELECT {_AGENT_COLS} FROM agents WHERE tenant = ? ORDER BY name",
+                    (tenant_id,),
+                )
+            return [_agent(r) for r in rows.fetchall()]
+
+        return await self._read(fn)
+
+    async def revoke_agent(self, agent_id: str) -> Agent:
+        def op(db: sqlite3.Connection) -> Agent:
+            cur = db.execute("UPDATE agents SET revoked = 1 WHERE id = ?", (agent_id,))
+            if cur.rowcount == 0:
+                raise NotFound(f"unknown agent {agent_id!r}")
+            return _agent_row(db, agent_id)
+
+        return await self._write(op)
+
+    # Conversations -------------------------------------------------------------------------
+    async def create_conversation(self, tenant_id: str) -> Conversation:
+        conversation_id = new_id("c")
+        now = time.time()
+
+        def op(db: sqlite3.Connection) -> Conversation:
+            _tenant_row(db, tenant_id)
+            db.execute(
+                "INSERT INTO conversations (tenant, id, state, version, last_seq, created_at, "
+                "updated_at) VALUES (?, ?, 'bot', 0, 0, ?, ?)",
+                (tenant_id, conversation_id, now, now),
+            )
+            return _conversation_row(db, conversation_id)
+
+        return await self._write(op)
+
+    async def get_conversation(self, conversation_id: str) -> Conversation:
+        return await self._read(lambda db: _conversation_row(db, conversation_id))
+
+    async def append_message(self, request: MessageRequest) -> tuple[Event, bool]:
+        key = client_key(dict(request.author), request.client_id) if request.client_id else None
+        message_id = (
+            f"m_{request.client_id}" if request.client_id and request.author.get("role") == "bot"
+            else new_id("m")
+        )
+        now = time.time()
+
+        def op(db: sqlite3.Connection) -> tuple[Event, bool]:
+            if key is not None:
+                row = db.execute(
+                    "SELECT conversation_id, seq, ts, kind, data FROM events "
+                    "WHERE conversation_id = ? AND client_key = ?",
+                    (request.conversation_id, key),
+                ).fetchone()
+                if row is not None:
+                    return _event(row), False
+            conversation = _conversation_row(db, request.conversation_id)
+            if request.allowed_states is not None and conversation.state not in request.allowed_states:
+                raise Conflict(
+                    f"conversation is {conversation.state!r}", state=conversation.state
+                )
+            if request.owner_agent_id is not None and (
+                conversation.state != "human" or conversation.agent_id != request.owner_agent_id
+            ):
+                raise Conflict("the conversation is not yours", state=conversation.state)
+            data: dict[str, Any] = {
+                "id": message_id,
+                "author": dict(request.author),
+                "text": request.text,
+                "sources": [dict(s) for s in request.sources],
+            }
+            if request.client_id:
+                data["client_id"] = request.client_id
+            if request.extra:
+                data.update(request.extra)
+            seq = _next_seq(db, request.conversation_id, now)
+            role = request.author.get("role")
+            awaiting_sql = ""
+            if role == "customer":
+                awaiting_sql = (
+                    ", awaiting_agent_since = CASE WHEN state = 'human' "
+                    "THEN COALESCE(awaiting_agent_since, :now) ELSE awaiting_agent_since END"
+                    ", preview = :preview"
+                )
+            elif role == "agent":
+                awaiting_sql = ", awaiting_agent_since = NULL"
+            if awaiting_sql:
+                db.execute(
+                    f"UPDATE conversations SET updated_at = :now{awaiting_sql} WHERE id = :id",
+                    {"now": now, "id": request.conversation_id, "preview": request.text[:140]},
+                )
+            db.execute(
+                "INSERT INTO events (conversation_id, seq, ts, kind, client_key, data) "
+                "VALUES (?, ?, ?, 'message', ?, ?)",
+                (request.conversation_id, seq, now, key, json.dumps(data)),
+            )
+            return Event(request.conversation_id, seq, now, "message", data), True
+
+        return await self._write(op)
+
+    async def apply_transition(self, request: TransitionRequest) -> tuple[Conversation, Event]:
+        now = time.time()
+
+        def op(db: sqlite3.Connection) -> tuple[Conversation, Event]:
+            current = _conversation_row(db, request.conversation_id)
+            if current.version != request.expected_version or current.state != request.from_state:
+                raise Conflict(
+                    "the conversation changed meanwhile",
+                    state=current.state,
+                    version=current.version,
+                )
+            passed_over = list(current.passed_over)
+            if request.pass_over and request.pass_over not in passed_over:
+                passed_over.append(request.pass_over)
+            to_state = request.to_state
+            fields: dict[str, Any] = {
+                "state": to_state,
+                "version": current.version + 1,
+                "updated_at": now,
+                "agent_id": request.agent_id if to_state == "human" else None,
+                "passed_over": json.dumps(passed_over),
+            }
+            if to_state == "queued":
+                fields["queued_at"] = now
+                fields["handed_off"] = 1
+                fields["escalation_reason"] = (
+                    request.reason
+                    if request.from_state in ("bot", "confused")
+                    else current.escalation_reason or request.reason
+                )
+                fields["awaiting_agent_since"] = None
+                fields["assigned_at"] = None
+            elif to_state == "human":
+                fields["assigned_at"] = now
+                fields["awaiting_agent_since"] = now
+            elif to_state == "resolved":
+                fields["resolved_by"] = "human" if request.from_state == "human" else "bot"
+                fields["awaiting_agent_since"] = None
+                fields["passed_over"] = "[]"
+                if request.from_state == "human" and current.assigned_at is not None:
+                    db.execute(
+                        "INSERT INTO handle_times (tenant, agent_id, conversation_id, seconds, "
+                        "resolved_at) VALUES (?,?,?,?,?)",
+                        (current.tenant, current.agent_id, current.id,
+                         now - current.assigned_at, now),
+                    )
+            elif to_state == "bot":
+                fields["resolved_by"] = None
+                fields["rating"] = None
+                fields["awaiting_agent_since"] = None
+                fields["passed_over"] = "[]"
+            if request.priority is not None:
+                fields["priority"] = request.priority
+            assignments = ", ".join(f"{name} = :{name}" for name in fields)
+            cur = db.execute(
+                f"UPDATE conversations SET {assignments} WHERE id = :id AND version = :expected",
+                {**fields, "id": current.id, "expected": request.expected_version},
+            )
+            if cur.rowcount != 1:
+                raise Conflict("the conversation changed meanwhile")
+            seq = _next_seq(db, current.id, now)
+            data: dict[str, Any] = {
+                "from": request.from_state,
+                "to": to_state,
+                "reason": request.reason,
+                "agent": _agent_brief(db, request.agent_id) if to_state == "human" else None,
+                "trigger": request.trigger,
+            }
+            if request.details:
+                data["details"] = dict(request.details)
+            db.execute(
+                "INSERT INTO events (conversation_id, seq, ts, kind, client_key, data) "
+                "VALUES (?, ?, ?, 'state', NULL, ?)",
+                (current.id, seq, now, json.dumps(data)),
+            )
+            return _conversation_row(db, current.id), Event(current.id, seq, now, "state", data)
+
+        return await self._write(op)
+
+    async def events_after(
+        self, conversation_id: str, after_seq: int, limit: int = 1000
+    ) -> list[Event]:
+        def fn(db: sqlite3.Connection) -> list[Event]:
+            rows = db.execute(
+                "SELECT conversation_id, seq, ts, kind, data FROM events "
+                "WHERE conversation_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (conversation_id, after_seq, limit),
+            ).fetchall()
+            return [_event(r) for r in rows]
+
+        return await self._read(fn)
+
+    async def queued(self, tenant_id: str) -> list[Conversation]:
+        def fn(db: sqlite3.Connection) -> list[Conversation]:
+            rows = db.execute(
+                f"SELECT {_CONV_COLS} FROM conversations WHERE tenant = ? AND state = 'queued' "
+                "ORDER BY priority DESC, queued_at ASC",
+                (tenant_id,),
+            ).fetchall()
+            return [_conversation(r) for r in rows]
+
+        return await self._read(fn)
+
+    async def owned_by(self, agent_id: str) -> list[Conversation]:
+        def fn(db: sqlite3.Connection) -> list[Conversation]:
+            rows = db.execute(
+                f"SELECT {_CONV_COLS} FROM conversations WHERE agent_id = ? AND state = 'human' "
+                "ORDER BY assigned_at",
+                (agent_id,),
+            ).fetchall()
+            return [_conversation(r) for r in rows]
+
+        return await self._read(fn)
+
+    async def loads(self, tenant_id: str) -> dict[str, int]:
+        def fn(db: sqlite3.Connection) -> dict[str, int]:
+            rows = db.execute(
+                "SELECT agent_id, COUNT(*) FROM conversations "
+                "WHERE tenant = ? AND state = 'human' GROUP BY agent_id",
+                (tenant_id,),
+            ).fetchall()
+            return {r[0]: int(r[1]) for r in rows if r[0]}
+
+        return await self._read(fn)
+
+    async def awaiting_reply_since(self, before: float) -> list[Conversation]:
+        def fn(db: sqlite3.Connection) -> list[Conversation]:
+            rows = db.execute(
+                f"SELECT {_CONV_COLS} FROM conversations WHERE state = 'human' "
+                "AND awaiting_agent_since IS NOT NULL AND awaiting_agent_since < ?",
+                (before,),
+            ).fetchall()
+            return [_conversation(r) for r in rows]
+
+        return await self._read(fn)
+
+    async def set_rating(self, conversation_id: str, score: int, comment: str) -> None:
+        def op(db: sqlite3.Connection) -> None:
+            cur = db.execute(
+                "UPDATE conversations SET rating = ?, rating_comment = ? WHERE id = ?",
+                (score, comment, conversation_id),
+            )
+            if cur.rowcount == 0:
+                raise NotFound("unknown conversation")
+
+        await self._write(op)
+
+    async def tenant_stats(self, tenant_id: str) -> TenantStats:
+        def fn(db: sqlite3.Connection) -> TenantStats:
+            states = {
+                r[0]: int(r[1])
+                for r in db.execute(
+                    "SELECT state, COUNT(*) FROM conversations WHERE tenant = ? GROUP BY state",
+                    (tenant_id,),
+                )
+            }
+            total, handed, by_bot, resolved, rating = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(handed_off), 0), "
+                "COALESCE(SUM(resolved_by = 'bot'), 0), COALESCE(SUM(resolved_by IS NOT NULL), 0), "
+                "AVG(rating) FROM conversations WHERE tenant = ?",
+                (tenant_id,),
+            ).fetchone()
+            return TenantStats(
+                states=states,
+                conversations=int(total),
+                handed_off=int(handed),
+                resolved_by_bot=int(by_bot),
+                resolved_total=int(resolved),
+                ratings_avg=float(rating) if rating is not None else None,
+            )
+
+        return await self._read(fn)
+
+    async def recent_handle_times(self, tenant_id: str, limit: int = 50) -> list[float]:
+        def fn(db: sqlite3.Connection) -> list[float]:
+            rows = db.execute(
+                "SELECT seconds FROM handle_times WHERE tenant = ? ORDER BY resolved_at DESC "
+                "LIMIT ?",
+                (tenant_id, limit),
+            ).fetchall()
+            return [float(r[0]) for r in rows]
+
+        return await self._read(fn)
+
+    # Knowledge -----------------------------------------------------------------------------
+    async def replace_document(self, document: Document, chunks: Sequence[Chunk]) -> int:
+        def op(db: sqlite3.Connection) -> int:
+            _tenant_row(db, document.tenant)
+            db.execute(
+                "DELETE FROM kb_chunks WHERE tenant = ? AND doc_id = ?",
+                (document.tenant, document.doc_id),
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO kb_documents (tenant, doc_id, title, url, body, "
+                "updated_at, content_hash, lang, doc_type) VALUES (?,?,?,?,?,?,?,?,?)",
+                (document.tenant, document.doc_id, document.title, document.url, document.body,
+                 document.updated_at, document.content_hash, document.lang, document.doc_type),
+            )
+            db.executemany(
+                "INSERT INTO kb_chunks (tenant, doc_id, chunk_id, ord, title, url, text, "
+                "heading_path, updated_at, lang, doc_type, label) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (c.tenant, c.doc_id, c.chunk_id, i, c.title, c.url, c.text,
+                     json.dumps(list(c.heading_path)), c.updated_at, c.lang, c.doc_type, c.label)
+                    for i, c in enumerate(chunks)
+                ],
+            )
+            return _bump_kb_version(db, document.tenant)
+
+        return await self._write(op)
+
+    async def delete_document(self, tenant_id: str, doc_id: str) -> bool:
+        def op(db: sqlite3.Connection) -> bool:
+            db.execute("DELETE FROM kb_chunks WHERE tenant = ? AND doc_id = ?", (tenant_id, doc_id))
+            cur = db.execute(
+                "DELETE FROM kb_documents WHERE tenant = ? AND doc_id = ?", (tenant_id, doc_id)
+            )
+            if cur.rowcount == 0:
+                return False
+            _bump_kb_version(db, tenant_id)
+            return True
+
+        return await self._write(op)
+
+    async def list_documents(self, tenant_id: str) -> list[Document]:
+        def fn(db: sqlite3.Connection) -> list[Document]:
+            rows = db.execute(
+                "SELECT tenant, doc_id, title, url, body, updated_at, content_hash, lang, doc_type "
+                "FROM kb_documents WHERE tenant = ? ORDER BY doc_id",
+                (tenant_id,),
+            ).fetchall()
+            return [Document(*r) for r in rows]
+
+        return await self._read(fn)
+
+    async def list_chunks(self, tenant_id: str) -> list[Chunk]:
+        def fn(db: sqlite3.Connection) -> list[Chunk]:
+            rows = db.execute(
+                "SELECT tenant, doc_id, chunk_id, title, url, text, heading_path, updated_at, "
+                "lang, doc_type, label FROM kb_chunks WHERE tenant = ? ORDER BY doc_id, ord",
+                (tenant_id,),
+            ).fetchall()
+            return [
+                Chunk(r[0], r[1], r[2], r[3], r[4], r[5], tuple(json.loads(r[6])), r[7], r[8],
+                      r[9], r[10])
+                for r in rows
+            ]
+
+        return await self._read(fn)
+
+    async def kb_version(self, tenant_id: str) -> int:
+        def fn(db: sqlite3.Connection) -> int:
+            row = db.execute("SELECT kb_version FROM tenants WHERE id = ?", (tenant_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"unknown tenant {tenant_id!r}")
+            return int(row[0])
+
+        return await self._read(fn)
+
+    async def save_vectors(
+        self, tenant_id: str, model_id: str, vectors: Mapping[str, bytes]
+    ) -> None:
+        def op(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT OR REPLACE INTO kb_vectors (tenant, model_id, chunk_id, vector) "
+                "VALUES (?,?,?,?)",
+                [(tenant_id, model_id, chunk_id, blob) for chunk_id, blob in vectors.items()],
+            )
+            # Vectors of chunks that no longer exist are dead weight.
+            db.execute(
+                "DELETE FROM kb_vectors WHERE tenant = ? AND model_id = ? AND chunk_id NOT IN "
+                "(SELECT chunk_id FROM kb_chunks WHERE tenant = ?)",
+                (tenant_id, model_id, tenant_id),
+            )
+
+        await self._write(op)
+
+    async def load_vectors(self, tenant_id: str, model_id: str) -> dict[str, bytes]:
+        def fn(db: sqlite3.Connection) -> dict[str, bytes]:
+            rows = db.execute(
+                "SELECT chunk_id, vector FROM kb_vectors WHERE tenant = ? AND model_id = ?",
+                (tenant_id, model_id),
+            ).fetchall()
+            return {r[0]: bytes(r[1]) for r in rows}
+
+        return await self._read(fn)
+
+
+# Row mapping ---------------------------------------------------------------------------------
+_TENANT_COLS = "id, name, created_at, allowed_origins, kb_version"
+_AGENT_COLS = "id, tenant, name, role, created_at, revoked"
+_CONV_COLS = (
+    "id, tenant, state, version, last_seq, created_at, updated_at, agent_id, priority, "
+    "queued_at, assigned_at, awaiting_agent_since, escalation_reason, passed_over, handed_off, "
+    "resolved_by, rating, preview"
+)
+
+
+def _tenant(row: Sequence[Any]) -> Tenant:
+    return Tenant(row[0], row[1], row[2], tuple(json.loads(row[3] or "[]")), int(row[4]))
+
+
+def _tenant_row(db: sqlite3.Connection, tenant_id: str) -> Tenant:
+    row = db.execute(f"SELECT {_TENANT_COLS} FROM tenants WHERE id = ?", (tenant_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"unknown tenant {tenant_id!r}")
+    return _tenant(row)
+
+
+def _agent(row: Sequence[Any]) -> Agent:
+    return Agent(row[0], row[1], row[2], row[3], row[4], bool(row[5]))
+
+
+def _agent_row(db: sqlite3.Connection, agent_id: str) -> Agent:
+    row = db.execute(f"SELECT {_AGENT_COLS} FROM agents WHERE id = ?", (agent_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"unknown agent {agent_id!r}")
+    return _agent(row)
+
+
+def _agent_brief(db: sqlite3.Connection, agent_id: str | None) -> dict[str, str] | None:
+    if agent_id is None:
+        return None
+    row = db.execute("SELECT id, name FROM agents WHERE id = ?", (agent_id,)).fetchone()
+    return {"id": row[0], "name": row[1]} if row else {"id": agent_id, "name": agent_id}
+
+
+def _conversation(row: Sequence[Any]) -> Conversation:
+    return Conversation(
+        id=row[0],
+        tenant=row[1],
+        state=row[2],
+        version=int(row[3]),
+        last_seq=int(row[4]),
+        created_at=row[5],
+        updated_at=row[6],
+        agent_id=row[7],
+        priority=int(row[8]),
+        queued_at=row[9],
+        assigned_at=row[10],
+        awaiting_agent_since=row[11],
+        escalation_reason=row[12],
+        passed_over=tuple(json.loads(row[13] or "[]")),
+        handed_off=bool(row[14]),
+        resolved_by=row[15],
+        rating=row[16],
+        preview=row[17] or "",
+    )
+
+
+def _conversation_row(db: sqlite3.Connection, conversation_id: str) -> Conversation:
+    row = db.execute(
+        f"SELECT {_CONV_COLS} FROM conversations WHERE id = ?", (conversation_id,)
+    ).fetchone()
+    if row is None:
+        raise NotFound("unknown conversation")
+    return _conversation(row)
+
+
+def _event(row: Sequence[Any]) -> Event:
+    return Event(row[0], int(row[1]), float(row[2]), row[3], json.loads(row[4]))
+
+
+def _next_seq(db: sqlite3.Connection, conversation_id: str, now: float) -> int:
+    row = db.execute(
+        "UPDATE conversations SET last_seq = last_seq + 1, updated_at = ? WHERE id = ? "
+        "RETURNING last_seq",
+        (now, conversation_id),
+    ).fetchone()
+    if row is None:
+        raise NotFound("unknown conversation")
+    return int(row[0])
+
+
+def _bump_kb_version(db: sqlite3.Connection, tenant_id: str) -> int:
+    row = db.execute(
+        "UPDATE tenants SET kb_version = kb_version + 1 WHERE id = ? RETURNING kb_version",
+        (tenant_id,),
+    ).fetchone()
+    return int(row[0])
