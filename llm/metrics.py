@@ -35,8 +35,6 @@ BREAKER_OPEN = Gauge(
 
 
 def observe_answer(answer: Answer, duration_s: float) -> None:
-    ANSWER_DURATION.labels(answer.route, "true" if answer.fallback else "false").observe(
-        duration_s
-    )
+    ANSWER_DURATION.labels(answer.route, "true" if answer.fallback else "false").observe(duration_s)
     if answer.route == "extractive" and not answer.fallback:
         ROUTES.labels("extractive").inc()

@@ -127,6 +127,8 @@ class OpenAIAnswerer(Answerer):
         route = choose_route(request, self._route_policy)
         metrics.ROUTES.labels(route).inc()
         messages = build_messages(request, self._prompt_policy)
+        # Citations can only name passages the model was shown.
+        shown = request.hits[: self._prompt_policy.max_passages]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._total_timeout_s
         attempt = 0
@@ -137,7 +139,7 @@ class OpenAIAnswerer(Answerer):
             if not self.breaker.allow(self._clock()):
                 reason = "breaker_open"
                 break
-            stream_filter = StreamFilter(request.hits)
+            stream_filter = StreamFilter(shown)
             try:
                 answer = await self._attempt(
                     self._models[route], messages, route, stream_filter, on_delta, deadline
@@ -149,7 +151,10 @@ class OpenAIAnswerer(Answerer):
                 reason = failure.kind if not emitted else "mid_stream"
                 log.warning(
                     "llm attempt %d failed (%s, route %s): %s",
-                    attempt, failure.kind, route, failure.message,
+                    attempt,
+                    failure.kind,
+                    route,
+                    failure.message,
                 )
                 if not self._retry.should_retry(attempt, failure.retriable, emitted):
                     break

@@ -58,5 +58,5 @@ def route_reasons(request: AnswerRequest, policy: RoutePolicy = DEFAULT_POLICY) 
 
 
 def choose_route(request: AnswerRequest, policy: RoutePolicy = DEFAULT_POLICY) -> str:
-    """"small" or "large"."""
+    """Return "small" or "large"."""
     return "large" if route_reasons(request, policy) else "small"

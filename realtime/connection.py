@@ -204,8 +204,9 @@ class Connection:
 
     async def outgoing(self, message: Message) -> Message | None:
         """The frame to send for a non-event bus message, or None to drop it."""
-        if message.get("_origin") == self.id:
-            return None
+        kind = message.get("type")
+        if message.get("_origin") == self.id or (isinstance(kind, str) and kind.startswith("_")):
+            return None  # our own echo, or node-internal traffic (e.g. long-poll releases)
         return {k: v for k, v in message.items() if not k.startswith("_")}
 
     # Following conversations ---------------------------------------------------------------

@@ -76,8 +76,9 @@ class BM25Index:
         self.weights = (
             np.concatenate(weight_parts) if weight_parts else np.zeros(0, dtype=np.float64)
         )
-        # Upper bound of one term's contribution, used to normalize scores into [0, 1].
-        self._max_term = {w: max(v, 0.0) * (k1 + 1) for w, v in self.idf.items()}
+        # Bound of one term's contribution, used to normalize scores into [-1, 1]. (Okapi idf
+        # is negative for terms in more than half the documents, which tiny KBs hit often.)
+        self._max_term = {w: abs(v) * (k1 + 1) for w, v in self.idf.items()}
 
     def scores(self, query: Sequence[str]) -> FloatArray:
         """Score of every document, like BM25Okapi.get_scores (repeated terms count again)."""
@@ -103,5 +104,5 @@ class BM25Index:
         return np.unique(np.concatenate(parts))
 
     def max_score(self, query: Sequence[str]) -> float:
-        """An upper bound of any document's score for `query` (for normalization)."""
+        """A bound of any document's absolute score for `query` (for normalization)."""
         return sum(self._max_term.get(term, 0.0) for term in query)

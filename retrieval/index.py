@@ -201,12 +201,14 @@ class TenantIndex:
             assert self.dense is not None and query_vector is not None
             dense_scores = (self.dense.matrix @ query_vector).astype(np.float64)
 
+        matched = np.zeros(n, dtype=bool)
+        matched[self.bm25.candidates(query_tokens)] = True
         if dense_scores is None:
-            fused = np.where(bm25 > 0, bm25_norm, -np.inf)
+            fused = np.where(matched, bm25_norm, -np.inf)
         elif config.fusion == "dense":
             fused = dense_scores.copy()
         elif config.fusion == "rrf":
-            b_rank = top_indices(np.where(bm25 > 0, bm25, -np.inf), config.candidates)
+            b_rank = top_indices(np.where(matched, bm25, -np.inf), config.candidates)
             d_rank = top_indices(dense_scores, config.candidates)
             fused = rrf([d_rank, b_rank], config.rrf_k, n)
         else:

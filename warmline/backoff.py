@@ -46,9 +46,7 @@ class Backoff:
         return rand * self.ceiling(attempt)
 
 
-async def sleep(
-    policy: Backoff, attempt: int, rand: Callable[[], float] = random.random
-) -> float:
+async def sleep(policy: Backoff, attempt: int, rand: Callable[[], float] = random.random) -> float:
     """Sleep for the policy's delay of this attempt; return how long that was."""
     seconds = policy.delay(attempt, rand())
     await asyncio.sleep(seconds)

@@ -44,18 +44,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
         redis_url=args.redis_url,
         demo=True if args.demo else None,
     )
+    demo = None
     if config.demo:
         from warmline.demo import seed_demo
 
         demo = _run(config.db, seed_demo)
-        base = f"http://{'localhost' if config.host in ('0.0.0.0', '127.0.0.1') else config.host}:{config.port}"
-        print(f"Warmline demo: tenant '{demo.tenant}', {demo.documents} help articles", flush=True)
-        print(f"  Customer widget:  {base}/", flush=True)
-        print(f"  Agent dashboard:  {base}/agent?token={demo.agent_token}", flush=True)
-        print(f"  Supervisor:       {base}/supervisor?token={demo.supervisor_token}", flush=True)
-        print(f"  Agent token:      {demo.agent_token}", flush=True)
-        print(f"  Supervisor token: {demo.supervisor_token}", flush=True)
-    serve(config)
+
+    def listening(host: str, port: int) -> None:
+        shown = "localhost" if host in ("0.0.0.0", "127.0.0.1", "::") else host
+        base = f"http://{shown}:{port}"
+        if demo is not None:
+            print(f"Warmline demo: tenant '{demo.tenant}', {demo.documents} help articles")
+            print(f"  Customer widget:  {base}/")
+            print(f"  Agent dashboard:  {base}/agent?token={demo.agent_token}")
+            print(f"  Supervisor:       {base}/supervisor?token={demo.supervisor_token}")
+            print(f"  Agent token:      {demo.agent_token}")
+            print(f"  Supervisor token: {demo.supervisor_token}")
+        # Tests and scripts wait for this line (the port is the real one, also with --port 0).
+        print(f"Warmline listening on http://{host}:{port}", flush=True)
+
+    serve(config, listening)
     return 0
 
 

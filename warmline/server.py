@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 
 import uvicorn
 from starlette.applications import Starlette
@@ -17,9 +18,24 @@ class DrainingServer(uvicorn.Server):
     """On SIGTERM: tell every client to reconnect elsewhere (close 1012) and finish their
     writes, then let uvicorn stop listening, wait for requests and run the lifespan end."""
 
-    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        app: Starlette,
+        on_listening: Callable[[str, int], None] | None = None,
+    ) -> None:
         super().__init__(config)
         self._app = app
+        self._on_listening = on_listening
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self._on_listening is not None:
+            for server in self.servers:
+                for sock in server.sockets:
+                    host, port = sock.getsockname()[:2]
+                    self._on_listening(host, port)
+                    return
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         runtime = getattr(self._app.state, "runtime", None)
@@ -47,8 +63,8 @@ def uvicorn_config(app: Starlette, config: Config) -> uvicorn.Config:
     )
 
 
-def serve(config: Config) -> None:
+def serve(config: Config, on_listening: Callable[[str, int], None] | None = None) -> None:
     from warmline.app import create_app
 
     app = create_app(config)
-    DrainingServer(uvicorn_config(app, config), app).run()
+    DrainingServer(uvicorn_config(app, config), app, on_listening).run()

@@ -20,4 +20,3 @@ def shared_redis() -> Iterator[RedisServer]:
 def redis_server() -> Iterator[RedisServer]:
     with RedisServer() as server:
         yield server
-

@@ -34,7 +34,7 @@ async def bus(redis_server: RedisServer) -> AsyncIterator[RedisBus]:
 
 
 async def channels(admin: Redis) -> set[str]:
-    return {c.decode() for c in await admin.pubsub_channels()}
+    return {c.decode() if isinstance(c, bytes) else c for c in await admin.pubsub_channels()}
 
 
 async def test_subscribes_in_redis_only_while_a_local_subscriber_wants_it(

@@ -63,7 +63,7 @@ class _Server(uvicorn.Server):
 class FakeLLM:
     def __init__(self, script: Script = Script(), host: str = "127.0.0.1") -> None:
         self._script = script
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._failures_left = script.fail_times
         self.requests: list[dict[str, Any]] = []
         self.host = host
@@ -86,6 +86,11 @@ class FakeLLM:
             self._script = replace(self._script, **changes)
             self._failures_left = self._script.fail_times
             return self._script
+
+    def wait_for_requests(self, count: int, timeout: float = 10.0) -> bool:
+        """Block until `count` requests have arrived (async tests: via asyncio.to_thread)."""
+        with self._lock:
+            return self._lock.wait_for(lambda: len(self.requests) >= count, timeout)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -141,6 +146,7 @@ class FakeLLM:
     def _next(self, body: dict[str, Any]) -> tuple[Script, bool]:
         with self._lock:
             self.requests.append(body)
+            self._lock.notify_all()
             script = self._script
             fail = self._failures_left > 0
             if fail:
@@ -174,9 +180,7 @@ class FakeLLM:
         if not body.get("stream"):
             await asyncio.sleep(script.first_token_delay_s)
             return JSONResponse(_completion(model, "".join(tokens)))
-        return StreamingResponse(
-            self._sse(model, tokens, script), media_type="text/event-stream"
-        )
+        return StreamingResponse(self._sse(model, tokens, script), media_type="text/event-stream")
 
     async def _sse(self, model: str, tokens: list[str], script: Script) -> AsyncIterator[str]:
         cid = "chatcmpl-" + uuid.uuid4().hex[:24]
@@ -208,9 +212,7 @@ def _chunk(
         "created": created,
         "model": model,
         "system_fingerprint": "fp_fake",
-        "choices": [
-            {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        ],
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
     }
 
 

@@ -214,4 +214,3 @@ class RedisServer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-

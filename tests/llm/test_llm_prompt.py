@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from llm.base import Turn
 from llm.prompt import NO_ANSWER, PromptPolicy, build_messages, format_passages
-from tests.llm.conftest import make_request
+from tests.llm.llm_support import make_request
 
 
 def test_passages_are_numbered_with_titles_and_headings() -> None:

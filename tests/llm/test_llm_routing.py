@@ -3,7 +3,7 @@ from __future__ import annotations
 from llm.base import Turn
 from llm.routing import RoutePolicy, choose_route, route_reasons, score_margin
 from retrieval.base import Hit
-from tests.llm.conftest import REFUNDS, RETURNS, make_request
+from tests.llm.llm_support import REFUNDS, RETURNS, make_request
 
 
 def test_easy_question_goes_small() -> None:
@@ -48,9 +48,7 @@ def test_multi_part_questions_go_large() -> None:
 
 def test_later_turns_go_large() -> None:
     history = tuple(
-        Turn(role, text)
-        for _ in range(3)
-        for role, text in (("customer", "hi"), ("bot", "hello"))
+        Turn(role, text) for _ in range(3) for role, text in (("customer", "hi"), ("bot", "hello"))
     )
     assert route_reasons(make_request(history=history)) == ("later_turn",)
     assert route_reasons(make_request(history=history[:4])) == ()

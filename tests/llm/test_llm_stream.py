@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from llm.prompt import NO_ANSWER
 from llm.stream import StreamFilter
 from retrieval.base import Hit
-from tests.llm.conftest import REFUNDS, RETURNS, SHIPPING
+from tests.llm.llm_support import REFUNDS, RETURNS, SHIPPING
 
 HITS = (Hit(RETURNS, 3.0), Hit(REFUNDS, 2.0), Hit(SHIPPING, 1.0))
 RETURNS_2 = Hit(RETURNS.__class__(**{**RETURNS.__dict__, "chunk_id": "returns-policy#2"}), 2.5)
@@ -73,7 +73,21 @@ def test_trailing_whitespace_is_not_sent() -> None:
 
 REPLY = st.lists(
     st.sampled_from(
-        ["Yes", " you", " can", " [1]", "[2]", " [", "3", "]", ".", " NO", "\n", " ok", " NO_ANSWER"]
+        [
+            "Yes",
+            " you",
+            " can",
+            " [1]",
+            "[2]",
+            " [",
+            "3",
+            "]",
+            ".",
+            " NO",
+            "\n",
+            " ok",
+            " NO_ANSWER",
+        ]
     ),
     max_size=20,
 )

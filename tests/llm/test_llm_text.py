@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from llm.base import NOT_FOUND_TEXT
 from llm.extractive import ExtractiveAnswerer, extract_answer
 from llm.text import ExtractPolicy, best_sentences, split_sentences, stem, terms
-from tests.llm.conftest import RETURNS, Deltas, make_request
+from tests.llm.llm_support import RETURNS, Deltas, make_request
 
 
 def test_stem_joins_common_forms() -> None:

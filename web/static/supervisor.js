@@ -114,6 +114,10 @@ function render(s) {
   const sla = s.sla_breaches;
   k('sla_breaches').textContent = sla == null ? '–' : String(num(sla));
   $('tile-sla').classList.toggle('alert', num(sla) > 0);
+  if (s.rating_avg != null && Number.isFinite(Number(s.rating_avg))) {
+    $('tile-rating').hidden = false;
+    k('rating_avg').textContent = Number(s.rating_avg).toFixed(1);
+  }
 
   // states bars
   const st = s.states || {};
@@ -178,7 +182,7 @@ function niceMax(v, min) {
   return 40 * p;
 }
 function niceWaitMax(v) {
-  const steps = [60, 120, 300, 600, 900, 1800, 3600, 7200, 14400];
+  const steps = [60, 120, 240, 480, 1200, 2400, 3600, 7200, 14400, 28800];
   for (const s of steps) if (v <= s) return s;
   return niceMax(v, 60);
 }

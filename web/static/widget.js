@@ -7,7 +7,8 @@
  * data-open="true" (open on load). The widget lives in a Shadow DOM (nothing leaks into or out
  * of the host page), loads /static/warmline-client.js from the same origin as this script, and
  * exposes window.Warmline = {open(), close(), toggle()}; a `warmline:open` event on window
- * opens it too. Every piece of message text is rendered with textContent.
+ * opens it too. An optional window.WarmlineConfig = {transport, wsRetryMs, fallbackAfter,
+ * baseMs, capMs}, set before this script runs, tunes the connection. Every piece of message text is rendered with textContent.
  */
 (function () {
   'use strict';
@@ -217,7 +218,13 @@
     document.body.appendChild(host);
 
     // --- state
-    var client = new mod.WarmlineClient({ baseUrl: origin, tenant: tenant, transport: transport });
+    // window.WarmlineConfig (optional, set before this script runs) tunes the client:
+    // {transport, wsRetryMs, fallbackAfter, baseMs, capMs}
+    var cfg = window.WarmlineConfig || {};
+    var client = new mod.WarmlineClient({
+      baseUrl: origin, tenant: tenant, transport: cfg.transport || transport,
+      wsRetryMs: cfg.wsRetryMs, fallbackAfter: cfg.fallbackAfter, baseMs: cfg.baseMs, capMs: cfg.capMs
+    });
     var store = client.storage;
     var historySeq = parseInt(store.getItem('warmline:' + tenant + ':last_seq') || '0', 10) || 0;
     var curSeq = 0;            // seq of the event being rendered
