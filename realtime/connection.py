@@ -255,7 +255,7 @@ class Connection:
                 continue
             ref: str | None = None
             try:
-                if len(raw) > self.config.max_frame_bytes:
+                if protocol.frame_size(raw) > self.config.max_frame_bytes:
                     raise TooLarge(f"frame larger than {self.config.max_frame_bytes} bytes")
                 if isinstance(raw, bytes) != self.binary:
                     raise BadRequest(

@@ -15,6 +15,8 @@ MSGPACK_SUBPROTOCOL = "warmline.v1.msgpack"
 MAX_REF_CHARS = 64
 MAX_ID_CHARS = 128
 MAX_DEPTH = 8
+# Integers travel as JSON numbers and MessagePack ints: beyond 2**53 browsers lose precision.
+MAX_SAFE_INT = 2**53 - 1
 
 Frame = dict[str, Any]
 
@@ -71,9 +73,17 @@ SUPERVISOR_FRAMES: dict[str, dict[str, Field]] = {
 }
 
 
+def frame_size(raw: str | bytes) -> int:
+    """Bytes on the wire: a text frame is UTF-8, so count its encoded length."""
+    if isinstance(raw, bytes):
+        return len(raw)
+    # Every character is at least one byte: short strings cannot exceed a limit they fit.
+    return len(raw) if raw.isascii() else len(raw.encode("utf-8", "surrogatepass"))
+
+
 def decode(raw: str | bytes, binary: bool, max_bytes: int) -> Frame:
     """Bytes off the wire to a frame dict; BadRequest or TooLarge when it is not one."""
-    if len(raw) > max_bytes:
+    if frame_size(raw) > max_bytes:
         raise TooLarge(f"frame larger than {max_bytes} bytes")
     try:
         if binary:
@@ -145,6 +155,8 @@ def validate(frame: Frame, schema: dict[str, dict[str, Field]], max_text_chars: 
         if spec.choices is not None and value not in spec.choices:
             raise BadRequest(f"field {name!r} must be one of {', '.join(map(str, spec.choices))}")
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > MAX_SAFE_INT:
+                raise BadRequest(f"field {name!r} is out of range")
             if spec.min_value is not None and value < spec.min_value:
                 raise BadRequest(f"field {name!r} must be >= {spec.min_value}")
             if spec.max_value is not None and value > spec.max_value:

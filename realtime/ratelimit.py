@@ -18,7 +18,8 @@ class TokenBucket:
             self.tokens, self.updated_at = self.burst, now
         elapsed = max(now - self.updated_at, 0.0)
         self.tokens = min(self.burst, self.tokens + elapsed * self.rate_per_s)
-        self.updated_at = now
+        # A clock stepping back must not make the same interval count twice later.
+        self.updated_at = max(self.updated_at, now)
         if self.tokens >= cost:
             self.tokens -= cost
             return 0.0

@@ -28,6 +28,9 @@ class Client:
     @classmethod
     async def connect(cls, url: str, binary: bool = False, **kwargs: Any) -> Client:
         subprotocols = ["warmline.v1.msgpack"] if binary else kwargs.pop("subprotocols", None)
+        # Unread frames must not stall the closing handshake behind flow control.
+        kwargs.setdefault("max_queue", None)
+        kwargs.setdefault("close_timeout", 2)
         ws = await websockets.connect(
             url, subprotocols=subprotocols, max_size=None, open_timeout=20, **kwargs
         )

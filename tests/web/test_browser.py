@@ -18,6 +18,7 @@ import pytest
 from tests.web.conftest import Pages
 
 expect = pytest.importorskip("playwright.sync_api").expect
+expect.set_options(timeout=10_000)
 
 EVIL = "<img src=x onerror=alert(1)>"
 QUESTION = "How long does delivery take?"

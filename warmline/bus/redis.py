@@ -347,10 +347,10 @@ class RedisBus(Bus):
                 raise
             except (*_LINK_ERRORS, _ProbeLost) as exc:
                 if self._healthy or attempt == 0:
-                    log.warning("bus: redis connection lost: %r", exc)
+                    log.warning("bus %s: redis connection lost: %r", self.node_id, exc)
             except Exception:
                 # A bug must not silently end delivery for the node: log it and reconnect.
-                log.exception("bus: unexpected error in the redis session")
+                log.exception("bus %s: unexpected error in the redis session", self.node_id)
             finally:
                 self._set_healthy(False)
                 if session is not None:
@@ -383,7 +383,9 @@ class RedisBus(Bus):
         session.started_at = time.monotonic()
         if self._sessions_opened:
             self.reconnects += 1
-            log.info("bus: redis subscription restored (%d channels)", len(self._local))
+            log.info(
+                "bus %s: redis subscription restored (%d channels)", self.node_id, len(self._local)
+            )
         self._sessions_opened += 1
         self._set_healthy(True)
         # Subscribed again before this: anything published from now on arrives live, and

@@ -508,7 +508,8 @@ setInterval(() => {
 }, 1000);
 
 function convoTitle(c) {
-  return c.customer || `Customer ${c.id.replace(/^c_/, '').slice(0, 6)}`;
+  const short = c.id.replace(/^c_/, '').slice(0, 5);
+  return c.customer && c.customer !== 'Customer' ? c.customer : `Customer #${short}`;
 }
 
 function lastText(c) {
@@ -607,6 +608,7 @@ function appendEvent(c, ev, bulk) {
   } else if (ev.kind === 'state') {
     let text = `${humanize(ev.from)} → ${humanize(ev.to)}`;
     if (ev.reason) text += ` · ${humanize(ev.reason)}`;
+    if (ev.details && typeof ev.details.note === 'string' && ev.details.note) text += `: ${ev.details.note}`;
     if (ev.to === 'human' && ev.agent) text += ` · ${agentLabel(ev.agent)}`;
     node = el('div', { class: 'sys', dataset: { seq: ev.seq } }, text);
   } else {
