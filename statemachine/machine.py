@@ -73,6 +73,9 @@ TRANSITIONS: tuple[TransitionSpec, ...] = (
 )
 
 
+TRIGGERS: frozenset[str] = frozenset(spec.trigger for spec in TRANSITIONS)
+
+
 class _Subject:
     """The model `transitions` drives; it only carries a state."""
 
@@ -113,12 +116,14 @@ def next_state(state: str, trigger: str, reason: str) -> str:
     """The state after `trigger` with `reason`, or InvalidTransition; nothing is mutated."""
     if state not in STATES:
         raise InvalidTransition(f"unknown state {state!r}")
+    if trigger not in TRIGGERS:
+        # Checked first: the model also has attributes (`state`, `is_bot`, ...) that are
+        # not transitions and must never be called as one.
+        raise InvalidTransition(f"unknown transition {trigger!r}")
     subject = _Subject()
     _MACHINE.add_model(subject, initial=state)
     try:
-        trigger_method = getattr(subject, trigger, None)
-        if trigger_method is None:
-            raise InvalidTransition(f"unknown transition {trigger!r}")
+        trigger_method = getattr(subject, trigger)
         try:
             applied = trigger_method(reason=reason)
         except MachineError as exc:

@@ -15,12 +15,20 @@ CLARIFY = "clarify"  # bot → confused, with a clarifying reply
 ESCALATE = "escalate"  # → queued
 
 _HUMAN = re.compile(
-    r"\b(human|person|agent|real (?:person|people)|somebody|someone|representative|operator|"
-    r"talk to (?:a|an|some)one|speak to (?:a|an|some)one|live chat|staff)\b",
+    r"\b(human|humans|(?:a|real|live|actual) (?:person|people)|(?:an? |live |human |real )agent|"
+    r"representative|operator|(?:talk|speak|chat) (?:to|with) (?:someone|somebody|a person|"
+    r"staff|support)|customer service|live chat)\b",
     re.IGNORECASE,
 )
+# A message that is nothing but the word ("agent", "human!") is a request too.
+_BARE_HUMAN = re.compile(
+    r"^\s*(agent|human|person|people|operator|representative|staff)\s*[.!?]*\s*$",
+    re.IGNORECASE,
+)
+# The whole message must be a short yes: "ok but how do I change my email?" is a question.
 _AFFIRMATIVE = re.compile(
-    r"^\s*(yes|yeah|yep|yup|sure|ok|okay|please|please do|yes please|go ahead|connect me)\b",
+    r"^\s*(yes|yeah|yep|yup|sure|ok|okay|please|please do|yes please|go ahead|connect me|"
+    r"yes,? please|ok,? please|sure,? please)\s*[.!]*\s*$",
     re.IGNORECASE,
 )
 _POLICY = re.compile(
@@ -47,7 +55,7 @@ def normalize(text: str) -> str:
 
 
 def wants_human(text: str) -> bool:
-    return bool(_HUMAN.search(text))
+    return bool(_HUMAN.search(text) or _BARE_HUMAN.match(text))
 
 
 def decide(

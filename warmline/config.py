@@ -77,9 +77,9 @@ class Config:
             raw = environ.get(ENV_PREFIX + f.name.upper())
             if raw is None:
                 continue
-            values[f.name] = _coerce(f.name, hints[f.name], raw)
+            values[f.name] = _coerce(ENV_PREFIX + f.name.upper(), hints[f.name], raw)
         if "port" not in values and environ.get("PORT"):
-            values["port"] = _coerce("port", int, environ["PORT"])
+            values["port"] = _coerce("PORT", int, environ["PORT"])
         for name, value in overrides.items():
             if value is not None:
                 values[name] = value
@@ -93,7 +93,7 @@ class Config:
         return bool(self.llm_base_url)
 
 
-def _coerce(name: str, kind: Any, raw: str) -> Any:
+def _coerce(variable: str, kind: Any, raw: str) -> Any:
     try:
         if kind is bool:
             return _parse_bool(raw)
@@ -103,5 +103,5 @@ def _coerce(name: str, kind: Any, raw: str) -> Any:
             return float(raw)
         return raw
     except ValueError as exc:
-        raise ValueError(f"{ENV_PREFIX}{name.upper()}: {exc}") from exc
+        raise ValueError(f"{variable}: {exc}") from exc
 

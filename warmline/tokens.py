@@ -54,7 +54,12 @@ class SessionSigner:
         return _b64(digest)
 
     def verify(self, token: object, now: float) -> SessionClaims:
-        if not isinstance(token, str) or token.count(".") != 1 or len(token) > 512:
+        if (
+            not isinstance(token, str)
+            or token.count(".") != 1
+            or len(token) > 512
+            or not token.isascii()
+        ):
             raise Unauthorized("malformed session token")
         body, signature = token.split(".")
         try:
@@ -64,7 +69,7 @@ class SessionSigner:
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise Unauthorized("malformed session token") from exc
-        if kid not in self._keys:
+        if not isinstance(kid, str) or kid not in self._keys:
             raise Unauthorized("session token signed with an unknown key")
         if not hmac.compare_digest(self._sign(kid, body), signature):
             raise Unauthorized("bad session token signature")

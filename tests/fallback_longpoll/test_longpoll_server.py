@@ -295,3 +295,30 @@ async def test_a_draining_node_sends_waiting_polls_elsewhere(tmp_path: Path) -> 
             await stopping  # exits (uvicorn re-raises SIGTERM after its graceful shutdown)
         assert frames == [{"type": "reconnect", "after_ms": 250}]
         await client.close()
+
+
+async def test_cross_origin_requests_from_the_embedded_widget(
+    demo_server: ServerProcess, customer: LongPollCustomer
+) -> None:
+    origin = {"Origin": "https://shop.example"}
+    for path, method in ((SEND, "POST"), (POLL, "GET")):
+        preflight = await customer.http.options(
+            path,
+            headers={
+                **origin,
+                "Access-Control-Request-Method": method,
+                "Access-Control-Request-Headers": "authorization, content-type",
+            },
+        )
+        assert preflight.status_code == 204
+        assert preflight.headers["access-control-allow-origin"] == "*"
+        assert method in preflight.headers["access-control-allow-methods"]
+        assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+    sent = await customer.http.post(SEND, json={"type": "ping"}, headers=origin)
+    polled = await customer.http.get(
+        POLL, params={"token": customer.token, "timeout": 0}, headers=origin
+    )
+    refused = await customer.http.post(SEND, content=b"{", headers=origin)
+    for response in (sent, polled, refused):
+        assert response.headers["access-control-allow-origin"] == "*"
+        assert response.headers["cache-control"] == "no-store"

@@ -30,23 +30,25 @@ def seqs_of(client: Client, conversation_id: str) -> list[int]:
 
 
 async def wait_for_seq(
-    client: Client, conversation_id: str, seq: int, timeout: float = 20.0
+    client: Client, conversation_id: str, seq: int, within_s: float = 20.0
 ) -> None:
     if any(s >= seq for s in seqs_of(client, conversation_id)):
         return
     await client.recv_until(
-        lambda f: f.get("type") == "event"
-        and f.get("conversation_id") == conversation_id
-        and f["seq"] >= seq,
-        timeout,
+        lambda f: (
+            f.get("type") == "event"
+            and f.get("conversation_id") == conversation_id
+            and f["seq"] >= seq
+        ),
+        within_s,
     )
 
 
-async def read_until_closed(client: Client, timeout: float = 20.0) -> int | None:
+async def read_until_closed(client: Client, within_s: float = 20.0) -> int | None:
     """Keep reading (recording every event) until the server side goes away."""
     try:
         while True:
-            await client.recv(timeout)
+            await client.recv(within_s)
     except websockets.ConnectionClosed as closed:
         return closed.rcvd.code if closed.rcvd is not None else None
 

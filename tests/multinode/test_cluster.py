@@ -55,10 +55,12 @@ async def test_clients_on_three_nodes_see_every_event_in_order(cluster: Cluster)
     await hand_to_agent(customer, agent, cid)
     # The supervisor on C sees the agent (connected to B) online with the conversation.
     await supervisor.recv_until(
-        lambda f: f.get("type") == "stats"
-        and f["states"]["human"] == 1
-        and f["agents"]["online"] == 1
-        and f["queue_depth"] == 0,
+        lambda f: (
+            f.get("type") == "stats"
+            and f["states"]["human"] == 1
+            and f["agents"]["online"] == 1
+            and f["queue_depth"] == 0
+        ),
         timeout=10,
     )
 

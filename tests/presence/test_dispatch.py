@@ -18,7 +18,9 @@ from presence.dispatch import (
 )
 
 
-def q(cid: str, queued_at: float, priority: int = 0, passed_over: tuple[str, ...] = ()) -> QueueItem:
+def q(
+    cid: str, queued_at: float, priority: int = 0, passed_over: tuple[str, ...] = ()
+) -> QueueItem:
     return QueueItem(cid, priority, queued_at, passed_over)
 
 

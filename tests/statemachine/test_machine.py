@@ -27,7 +27,7 @@ ALLOWED = [
     for reason in sorted(spec.reasons)
 ]
 
-# Each state × each trigger that has no transition out of it, with every known reason.
+# Each state and each trigger that has no transition out of it, with every known reason.
 FORBIDDEN_TRIGGERS = [
     pytest.param(state, trigger, reason, id=f"{state}-{trigger}-{reason}")
     for state, trigger in itertools.product(STATES, ALL_TRIGGERS)

@@ -23,7 +23,9 @@ import pytest
 from warmline.store.base import Store
 from warmline.store.sqlite import SQLiteStore
 
-BACKENDS = ["sqlite"]  # + "postgres" when warmline.store.postgres lands
+# + "postgres" when warmline.store.postgres lands; WARMLINE_TEST_STORE_BACKENDS=sqlite,postgres
+# selects them without an edit.
+BACKENDS = os.environ.get("WARMLINE_TEST_STORE_BACKENDS", "sqlite").split(",")
 
 POSTGRES_URL = os.environ.get(
     "WARMLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -104,7 +106,7 @@ class PostgresEnv(StoreEnv):
             await admin.close()
 
     def _make(self) -> Store:
-        from warmline.store.postgres import PostgresStore  # type: ignore[import-not-found]
+        from warmline.store.postgres import PostgresStore
 
         store: Store = PostgresStore(self.url)
         return store

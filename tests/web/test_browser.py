@@ -58,10 +58,21 @@ def ask_bot(page: Any) -> Any:
     """Ask the demo KB a question; wait for the streamed answer's final event and its sources."""
     say(page, QUESTION)
     w = widget(page)
-    expect(w.locator(".wl-msg.customer:not(.pending)").filter(has_text=QUESTION)).to_have_count(1)
+    try:
+        expect(w.locator(".wl-msg.customer:not(.pending)").filter(has_text=QUESTION)).to_have_count(1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nclient: {client_state(page)}") from None
     answer = w.locator(".wl-msg.bot:not(.streaming)").last
     expect(answer.locator(".wl-sources a").first).to_have_attribute("href", re.compile(r"^https?://"))
     return answer
+
+
+def client_state(page: Any) -> Any:
+    """The widget client's connection state, for failure messages."""
+    return page.evaluate("""() => { const c = window.__warmlineClient; if (!c) return null;
+      return {status: c.status, transport: c.transport, lpWelcomed: c._lpWelcomed, outbox: c.outbox.size,
+              probing: c._probing, socket: c._sock && c._sock.status, failures: c._sock && c._sock.failuresInARow,
+              lastSeq: c.lastSeq, token: !!c.token}; }""")
 
 
 def bubbles(page: Any, selector: str) -> list[str]:
@@ -272,6 +283,20 @@ def test_server_restart_and_page_reload_lose_and_repeat_nothing(pages: Pages, se
     before = w.locator(".wl-msg[data-seq]").evaluate_all("ns => ns.map(n => Number(n.dataset.seq))")
     assert len(before) == len(set(before)) == 5, before
 
+    # a crash this time (no drain, no close frame): the same, through the dead-socket path
+    server.kill()
+    expect(w).not_to_have_attribute("data-status", "connected")
+    say(customer, "Written while offline")           # waits in the outbox
+    expect(w.locator(".wl-msg.customer.pending")).to_have_count(1)
+    server.start()
+    expect(w).to_have_attribute("data-status", "connected", timeout=30_000)
+    expect(agent.locator("#conn")).to_have_attribute("data-status", "connected", timeout=30_000)
+    expected_customer.append("Written while offline")
+    expect(agent.locator("#transcript .msg.customer .bubble")).to_have_text(expected_customer)
+    expect(w.locator(".wl-msg.customer:not(.pending) .wl-bubble")).to_have_text(expected_customer)
+    before = w.locator(".wl-msg[data-seq]").evaluate_all("ns => ns.map(n => Number(n.dataset.seq))")
+    assert len(before) == len(set(before)) == 6, before
+
     # a reload resumes the same conversation with its whole transcript, once
     customer.reload()
     w = widget(customer)
@@ -282,6 +307,7 @@ def test_server_restart_and_page_reload_lose_and_repeat_nothing(pages: Pages, se
     assert after == before
     say(customer, "And after the reload")
     expect(agent.locator("#transcript .msg.customer .bubble").last).to_have_text("And after the reload")
+    expect(agent.locator("#transcript .msg.customer .bubble")).to_have_count(4)
     pages.assert_clean(allow_network_errors=True)
 
 

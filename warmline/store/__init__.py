@@ -8,9 +8,9 @@ from warmline.store.base import Store
 def open_store(target: str) -> Store:
     """A store for a path (SQLite) or a `postgresql://` URL; call `await store.open()`."""
     if target.startswith(("postgresql://", "postgres://")):
-        from warmline.store.postgres import PostgresStore  # type: ignore[import-not-found]
+        from warmline.store.postgres import PostgresStore
 
-        return PostgresStore(target)  # type: ignore[no-any-return]
+        return PostgresStore(target)
     from warmline.store.sqlite import SQLiteStore
 
     return SQLiteStore(target)

@@ -262,11 +262,14 @@ class SQLiteStore(Store):
 
         def op(db: sqlite3.Connection) -> Agent:
             _tenant_row(db, tenant_id)
-            db.execute(
-                "INSERT INTO agents (tenant, id, name, role, token_hash, created_at) "
-                "VALUES (?,?,?,?,?,?)",
-                (tenant_id, agent_id, name, role, hash_token(token), now),
-            )
+            try:
+                db.execute(
+                    "INSERT INTO agents (tenant, id, name, role, token_hash, created_at) "
+                    "VALUES (?,?,?,?,?,?)",
+                    (tenant_id, agent_id, name, role, hash_token(token), now),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise Conflict("this token is already in use") from exc
             return _agent_row(db, agent_id)
 
         return await self._write(op), token

@@ -206,7 +206,9 @@ function addEvent(c, ev, quiet) {
     if (a.role === 'customer' && a.name && !c.customer) c.customer = a.name;
     if (a.role === 'agent' && me && a.id === me.id) {
       // my own message landed: drop its pending copy
-      if (ev.id && c.pending.has(ev.id)) c.pending.delete(ev.id);
+      if (ev.client_id) outbox.delete(ev.client_id);
+      if (ev.client_id && c.pending.has(ev.client_id)) c.pending.delete(ev.client_id);
+      else if (ev.id && c.pending.has(ev.id)) c.pending.delete(ev.id);
       else for (const [cid, p] of c.pending) if (p.seq === seq || (!p.seq && p.text === ev.text)) { c.pending.delete(cid); break; }
     }
     if (!quiet && a.role === 'customer' && (c.id !== activeId || document.hidden)) c.unread += 1;
@@ -432,7 +434,7 @@ function alertNew(c) {
   const who = c.customer || 'A customer';
   const reason = c.context && c.context.reason ? ` (${humanize(c.context.reason)})` : '';
   toast(`New conversation: ${who}${reason}`);
-  if (localStorage.getItem(ALERTS_KEY) === '1') {
+  if (alertsOn()) {
     beep();
     if ('Notification' in window && Notification.permission === 'granted' && (document.hidden || !document.hasFocus())) {
       try {
@@ -446,26 +448,40 @@ function alertNew(c) {
   }
 }
 
+// Alerts are on unless the agent turns them off. Sound needs one user gesture to unlock the
+// AudioContext; desktop notifications need permission, asked for on a click of the button.
+function alertsOn() { return localStorage.getItem(ALERTS_KEY) !== '0'; }
+
 function renderAlerts() {
-  const on = localStorage.getItem(ALERTS_KEY) === '1';
-  ui.alerts.textContent = on ? 'Alerts on' : 'Enable alerts';
+  const on = alertsOn();
+  const perm = 'Notification' in window ? Notification.permission : 'unsupported';
+  let label = 'Alerts off';
+  if (on) label = perm === 'default' ? 'Enable notifications' : 'Alerts on';
+  ui.alerts.textContent = label;
   ui.alerts.setAttribute('aria-pressed', on ? 'true' : 'false');
+  ui.alerts.title = on ? 'Sound and desktop notification on new assignments (click to turn off)'
+    : 'Alerts are off (click to turn on)';
 }
 
 ui.alerts.addEventListener('click', async () => {
-  const on = localStorage.getItem(ALERTS_KEY) === '1';
-  if (on) { localStorage.removeItem(ALERTS_KEY); renderAlerts(); return; }
+  const perm = 'Notification' in window ? Notification.permission : 'unsupported';
+  if (alertsOn() && perm !== 'default') {
+    localStorage.setItem(ALERTS_KEY, '0');
+    renderAlerts();
+    return;
+  }
   localStorage.setItem(ALERTS_KEY, '1');
   ensureAudio();
   beep();
-  if ('Notification' in window && Notification.permission === 'default') {
+  if (perm === 'default') {
     try { await Notification.requestPermission(); } catch (_) { /* ignore */ }
   }
   renderAlerts();
 });
 // audio may only start after a user gesture: unlock it on the first one
-document.addEventListener('pointerdown', () => { if (localStorage.getItem(ALERTS_KEY) === '1') ensureAudio(); }, { once: true });
-document.addEventListener('keydown', () => { if (localStorage.getItem(ALERTS_KEY) === '1') ensureAudio(); }, { once: true });
+const unlock = () => { if (alertsOn()) ensureAudio(); };
+document.addEventListener('pointerdown', unlock, { once: true });
+document.addEventListener('keydown', unlock, { once: true });
 
 // ---------------------------------------------------------------- rendering
 function waitingNow(q) {

@@ -684,9 +684,11 @@ export class WarmlineClient extends Emitter {
     if (!Number.isFinite(seq) || seq <= this.lastSeq) return;   // duplicate: already seen
     this.lastSeq = seq;
     try { this.storage.setItem(this.prefix + 'last_seq', String(seq)); } catch (_) { /* ignore */ }
-    if (f.kind === 'message' && f.author && f.author.role === 'customer' && f.id && this.outbox.has(f.id)) {
-      this.outbox.delete(f.id);
-      this._saveOutbox();
+    if (f.kind === 'message' && f.author && f.author.role === 'customer') {
+      // our own message is stored: it needs no resend even if its ack was lost
+      for (const key of [f.client_id, f.id]) {
+        if (key && this.outbox.has(key)) { this.outbox.delete(key); this._saveOutbox(); }
+      }
     }
     this.emit('event', f);
     if (f.kind === 'state' && f.to) {

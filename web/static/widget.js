@@ -333,7 +333,8 @@
       }
       if (role === 'customer') {
         var cid = null;
-        if (ev.id && pendingRows[ev.id]) cid = ev.id;
+        if (ev.client_id && pendingRows[ev.client_id]) cid = ev.client_id;
+        else if (ev.id && pendingRows[ev.id]) cid = ev.id;
         else if (ackSeq[ev.seq] && pendingRows[ackSeq[ev.seq]]) cid = ackSeq[ev.seq];
         else {
           for (var k in pendingRows) {
@@ -354,6 +355,8 @@
         // a streamed bot answer: the final event replaces the streamed text
         row._bubble.textContent = ev.text || '';
         row.classList.remove('streaming');
+        var who = row.querySelector('.wl-who');
+        if (who) who.textContent = authorLabel(a);
       } else {
         row = msgRow(role, role === 'customer' ? null : authorLabel(a));
         row._bubble.textContent = ev.text || '';
