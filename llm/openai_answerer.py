@@ -102,8 +102,13 @@ class OpenAIAnswerer(Answerer):
             model_small=config.llm_model_small,
             model_large=config.llm_model_large,
             fallback=fallback,
-            first_token_timeout_s=min(8.0, config.llm_timeout_s),
+            first_token_timeout_s=min(config.llm_first_token_timeout_s, config.llm_timeout_s),
             total_timeout_s=config.llm_timeout_s,
+            retry=RetryPolicy(max_attempts=max(config.llm_max_attempts, 1)),
+            breaker=CircuitBreaker(
+                failure_threshold=max(config.llm_breaker_failures, 1),
+                reset_after_s=config.llm_breaker_reset_s,
+            ),
         )
 
     async def close(self) -> None:

@@ -144,7 +144,9 @@ class Dispatcher:
                     continue
 
     # Dispatch ------------------------------------------------------------------------------
-    async def online_slots(self, tenant: str, now: float) -> tuple[list[AgentSlot], list[AgentPresence]]:
+    async def online_slots(
+        self, tenant: str, now: float
+    ) -> tuple[list[AgentSlot], list[AgentPresence]]:
         snapshot = await self.presence.snapshot(tenant, now)
         loads = await self.store.loads(tenant)
         slots = [
@@ -185,7 +187,9 @@ class Dispatcher:
             self._last_assigned[assignment.agent_id] = now
 
     # Queue frames --------------------------------------------------------------------------
-    async def queue_snapshot(self, tenant: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    async def queue_snapshot(
+        self, tenant: str
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """(agent queue items, per-conversation position frames)."""
         now = time.time()
         queued = await self.store.queued(tenant)

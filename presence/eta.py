@@ -15,9 +15,7 @@ def average_handle_time(recent: Sequence[float], default_s: float) -> float:
     return float(statistics.median(usable))
 
 
-def estimate_wait(
-    position: int, total_capacity: int, free_now: int, handle_time_s: float
-) -> int:
+def estimate_wait(position: int, total_capacity: int, free_now: int, handle_time_s: float) -> int:
     """Seconds until the conversation at 1-based `position` is likely picked up.
 
     The first `free_now` positions are picked up at once; after that, every staffed slot

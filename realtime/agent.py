@@ -88,7 +88,11 @@ class AgentConnection(Connection):
         agent = await self._authenticate(frame)
         self.agent = agent
         self.authenticated = True
-        if isinstance(frame.get("status"), str) and frame["status"] in ("online", "away", "offline"):
+        if isinstance(frame.get("status"), str) and frame["status"] in (
+            "online",
+            "away",
+            "offline",
+        ):
             self.status = frame["status"]
         capacity = frame.get("capacity")
         if isinstance(capacity, int) and not isinstance(capacity, bool) and 0 <= capacity <= 100:
@@ -116,7 +120,9 @@ class AgentConnection(Connection):
             welcome["ref"] = ref
         self.send(welcome)
         await self._heartbeat()
-        self._refresh_task = asyncio.create_task(self._refresh_presence(), name=f"presence:{self.id}")
+        self._refresh_task = asyncio.create_task(
+            self._refresh_presence(), name=f"presence:{self.id}"
+        )
         self.runtime.dispatcher.wake(agent.tenant)
         self.runtime.dispatcher.queue_changed(agent.tenant)
 
@@ -162,9 +168,7 @@ class AgentConnection(Connection):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresh_task
         if self.agent is not None:
-            await self.runtime.presence.drop(
-                self.agent.id, self.agent.tenant, self.id, time.time()
-            )
+            await self.runtime.presence.drop(self.agent.id, self.agent.tenant, self.id, time.time())
             self.runtime.dispatcher.queue_changed(self.agent.tenant)
 
 
@@ -190,7 +194,9 @@ class SupervisorConnection(AgentConnection):
         if ref is not None:
             welcome["ref"] = ref
         self.send(welcome)
-        self._stats_task = asyncio.create_task(self._stats_loop(agent.tenant), name=f"stats:{self.id}")
+        self._stats_task = asyncio.create_task(
+            self._stats_loop(agent.tenant), name=f"stats:{self.id}"
+        )
 
     async def _stats_loop(self, tenant: str) -> None:
         last: dict[str, Any] | None = None

@@ -173,7 +173,9 @@ class Connection:
 
     async def _deliver_event(self, frame: Message) -> None:
         conversation_id = frame.get("conversation_id")
-        feed = self.feeds.get(conversation_id) if isinstance(conversation_id, str) else None
+        if not isinstance(conversation_id, str):
+            return
+        feed = self.feeds.get(conversation_id)
         if feed is None:
             return
         action = feed.offer(int(frame["seq"]))
@@ -243,7 +245,9 @@ class Connection:
                 message = await asyncio.wait_for(self.ws.receive(), timeout=timeout)
             except TimeoutError:
                 log.info("connection %s missed two heartbeats; closing", self.id)
-                self.send({"type": "_close", "code": CLOSE_GOING_AWAY, "reason": "heartbeat timeout"})
+                self.send(
+                    {"type": "_close", "code": CLOSE_GOING_AWAY, "reason": "heartbeat timeout"}
+                )
                 return
             if message["type"] == "websocket.disconnect":
                 return

@@ -398,7 +398,7 @@ class KBRetriever(Retriever):
         swap in the completed dense matrix."""
         state = self._state(tenant)
         done: dict[str, Vectors] = {}  # kept across passes when the snapshot moves on
-        while True:
+        for _ in range(100):  # each pass follows a newer snapshot; never spin forever
             state.embed_again = False
             model_id = self._model
             if model_id is None:
@@ -432,10 +432,10 @@ class KBRetriever(Retriever):
                 return v
 
             dense = await asyncio.to_thread(current.dense_from, model_id, lookup, embedder.dim)
-            if state.index is current and (dense.complete or not _serving(current)):
-                state.index = current.with_dense(dense)
             if state.index is not current or not dense.complete:
-                state.embed_again = True
+                state.embed_again = True  # a newer snapshot arrived meanwhile: another pass
+            elif dense.complete or not _serving(current):
+                state.index = current.with_dense(dense)
             if not state.embed_again or self._closed:
                 return
 

@@ -13,9 +13,13 @@ def mermaid() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _reasons(reasons: frozenset[str]) -> str:
+    return ", ".join(f"`{r}`" for r in sorted(reasons))
+
+
 def markdown() -> str:
     rows = "\n".join(
-        f"| `{s.trigger}` | `{s.source}` | `{s.dest}` | {', '.join(f'`{r}`' for r in sorted(s.reasons))} | {s.doc} |"
+        f"| `{s.trigger}` | `{s.source}` | `{s.dest}` | {_reasons(s.reasons)} | {s.doc} |"
         for s in TRANSITIONS
     )
     return (

@@ -53,7 +53,9 @@ TRANSITIONS: tuple[TransitionSpec, ...] = (
         {"request_human", "policy_topic", "llm_failure"},
         "explicit request for a human, or a policy topic",
     ),
-    _spec("assign", "queued", "human", {"dispatched", "claimed", "transferred"}, "an agent takes it"),
+    _spec(
+        "assign", "queued", "human", {"dispatched", "claimed", "transferred"}, "an agent takes it"
+    ),
     _spec(
         "requeue",
         "human",
@@ -103,9 +105,7 @@ def _build_machine() -> Machine:
         ignore_invalid_triggers=False,
     )
     for spec in TRANSITIONS:
-        machine.add_transition(
-            spec.trigger, spec.source, spec.dest, conditions=[_guard_for(spec)]
-        )
+        machine.add_transition(spec.trigger, spec.source, spec.dest, conditions=[_guard_for(spec)])
     return machine
 
 

@@ -104,11 +104,11 @@ def decide(
 CLARIFY_TEXT = {
     "low_confidence": (
         "I'm not sure I have the right answer for that. Could you rephrase it with a few more "
-        "details? Or say \"human\" and I'll connect you with a person."
+        'details? Or say "human" and I\'ll connect you with a person.'
     ),
     "ungrounded": (
         "I couldn't find that in our help articles. Could you tell me a bit more? Or say "
-        "\"human\" and I'll connect you with a person."
+        '"human" and I\'ll connect you with a person.'
     ),
     "repeated_question": (
         "It looks like my last answer didn't help. Would you like me to connect you with a "

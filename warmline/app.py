@@ -76,10 +76,15 @@ async def api_stats(request: Request) -> Response:
 async def api_demo(request: Request) -> Response:
     demo: DemoInfo | None = request.state.demo
     if demo is None:
-        return JSONResponse({"type": "error", "code": "not_found", "message": "not in demo mode"}, 404)
+        return JSONResponse(
+            {"type": "error", "code": "not_found", "message": "not in demo mode"}, 404
+        )
     return JSONResponse(
-        {"tenant": demo.tenant, "agent_token": demo.agent_token,
-         "supervisor_token": demo.supervisor_token}
+        {
+            "tenant": demo.tenant,
+            "agent_token": demo.agent_token,
+            "supervisor_token": demo.supervisor_token,
+        }
     )
 
 

@@ -160,7 +160,9 @@ class BotRunner:
             )
         except (Conflict, InvalidTransition):
             return
-        await self._say(conversation, policy.CLARIFY_TEXT.get(reason, policy.CLARIFY_TEXT["low_confidence"]))
+        await self._say(
+            conversation, policy.CLARIFY_TEXT.get(reason, policy.CLARIFY_TEXT["low_confidence"])
+        )
 
     async def _answer(
         self,
@@ -206,8 +208,11 @@ class BotRunner:
             answer.text,
             answer.sources,
             key=key,
-            extra={"route": answer.route, "fallback": answer.fallback,
-                   "confidence": round(result.confidence, 4)},
+            extra={
+                "route": answer.route,
+                "fallback": answer.fallback,
+                "confidence": round(result.confidence, 4),
+            },
         )
         if stored is not None and conversation.state == "confused":
             try:

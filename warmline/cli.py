@@ -69,7 +69,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 # tenants -------------------------------------------------------------------------------------
 def cmd_tenant_add(args: argparse.Namespace) -> int:
-    tenant = _run(args.db, lambda s: s.add_tenant(args.tenant, args.name or "", args.allowed_origin or []))
+    tenant = _run(
+        args.db, lambda s: s.add_tenant(args.tenant, args.name or "", args.allowed_origin or [])
+    )
     print(f"tenant {tenant.id} added")
     return 0
 
@@ -175,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--demo", action="store_true", help="seed the demo tenant, agents and KB")
     serve.set_defaults(fn=cmd_serve)
 
-    tenant = sub.add_parser("tenant", help="manage tenants").add_subparsers(dest="action", required=True)
+    tenant = sub.add_parser("tenant", help="manage tenants").add_subparsers(
+        dest="action", required=True
+    )
     t_add = tenant.add_parser("add", parents=[db_parent])
     t_add.add_argument("tenant")
     t_add.add_argument("--name", default="")
@@ -188,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     t_set.add_argument("--allowed-origin", action="append", help="repeatable; none = any")
     t_set.set_defaults(fn=cmd_tenant_set_origins)
 
-    agent = sub.add_parser("agent", help="manage agents").add_subparsers(dest="action", required=True)
+    agent = sub.add_parser("agent", help="manage agents").add_subparsers(
+        dest="action", required=True
+    )
     a_add = agent.add_parser("add", parents=[db_parent])
     a_add.add_argument("--tenant", required=True)
     a_add.add_argument("--name", required=True)

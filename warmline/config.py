@@ -56,6 +56,10 @@ class Config:
     llm_model_small: str = ""
     llm_model_large: str = ""
     llm_timeout_s: float = 20.0
+    llm_first_token_timeout_s: float = 8.0
+    llm_max_attempts: int = 3
+    llm_breaker_failures: int = 5
+    llm_breaker_reset_s: float = 30.0
 
     # Sessions and security
     token_ttl_s: float = 30 * 24 * 3600.0
@@ -64,11 +68,11 @@ class Config:
     # Operations
     log_json: bool = False
     log_level: str = "info"
+    # Addresses whose X-Forwarded-For is trusted (the load balancer), for per-IP limits.
+    forwarded_allow_ips: str = "127.0.0.1"
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Config:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         """Environment first, then explicit overrides (CLI flags) that are not None."""
         environ = os.environ if environ is None else environ
         hints = get_type_hints(cls)
@@ -104,4 +108,3 @@ def _coerce(variable: str, kind: Any, raw: str) -> Any:
         return raw
     except ValueError as exc:
         raise ValueError(f"{variable}: {exc}") from exc
-

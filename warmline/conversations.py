@@ -137,7 +137,9 @@ class ConversationService:
 
     async def system_message(self, conversation_id: str, text: str) -> Event:
         event, _ = await self.store.append_message(
-            MessageRequest(conversation_id, "", {"role": "system", "id": "system", "name": "Warmline"}, text)
+            MessageRequest(
+                conversation_id, "", {"role": "system", "id": "system", "name": "Warmline"}, text
+            )
         )
         await self.publish_event(event)
         return event
@@ -235,9 +237,7 @@ class ConversationService:
         conversation = await self.agent_conversation(agent, conversation_id)
         if conversation.state != "queued":
             raise Conflict(f"the conversation is {conversation.state!r}, not queued")
-        updated, _ = await self.transition(
-            conversation, "assign", "claimed", agent_id=agent.id
-        )
+        updated, _ = await self.transition(conversation, "assign", "claimed", agent_id=agent.id)
         return updated
 
     async def resolve(self, agent: Agent, conversation_id: str) -> Conversation:
@@ -306,7 +306,9 @@ class ConversationService:
             summary_parts.append(f"Customer asked: \u201c{first[:160]}\u201d.")
         if last and last != first:
             summary_parts.append(f"Latest: \u201c{last[:160]}\u201d.")
-        summary_parts.append(f"{len(customer_texts)} customer message(s), {len(bot_answers)} bot answer(s).")
+        summary_parts.append(
+            f"{len(customer_texts)} customer message(s), {len(bot_answers)} bot answer(s)."
+        )
         return {
             "reason": reason,
             "summary": " ".join(p for p in summary_parts if p),

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-CONNECTIONS = Gauge(
-    "warmline_connections", "Open client connections", ["role", "transport"]
-)
+CONNECTIONS = Gauge("warmline_connections", "Open client connections", ["role", "transport"])
 FRAMES_IN = Counter("warmline_frames_in_total", "Frames received", ["role"])
 FRAMES_OUT = Counter("warmline_frames_out_total", "Frames sent", ["role"])
 DELIVERY_LATENCY = Histogram(
@@ -29,7 +27,9 @@ RETRIEVAL_LATENCY = Histogram(
     "Knowledge-base search time",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1),
 )
-RATE_LIMITED = Counter("warmline_rate_limited_total", "Frames refused or dropped by rate limits", ["kind"])
+RATE_LIMITED = Counter(
+    "warmline_rate_limited_total", "Frames refused or dropped by rate limits", ["kind"]
+)
 ERRORS = Counter("warmline_errors_total", "Error frames and responses by code", ["code"])
 BUS_RECONNECTS = Gauge("warmline_bus_reconnects", "Times the bus reconnected to its backend")
 SLOW_CONSUMERS = Counter("warmline_slow_consumers_total", "Connections cut off for falling behind")

@@ -60,6 +60,8 @@ def uvicorn_config(app: Starlette, config: Config) -> uvicorn.Config:
         timeout_graceful_shutdown=int(config.drain_timeout_s) + 5,
         log_level=config.log_level,
         lifespan="on",
+        proxy_headers=True,
+        forwarded_allow_ips=config.forwarded_allow_ips,
     )
 
 

@@ -57,8 +57,11 @@ class StatsService:
         online = [a for a in agent_list if a["status"] == "online"]
         longest = max((now - (c.queued_at or now) for c in queued), default=0.0)
         sla_breaches = len(
-            [c for c in await self.store.awaiting_reply_since(now - self.reply_sla_s)
-             if c.tenant == tenant]
+            [
+                c
+                for c in await self.store.awaiting_reply_since(now - self.reply_sla_s)
+                if c.tenant == tenant
+            ]
         )
         resolved = stats.resolved_total
         return {

@@ -28,9 +28,7 @@ class TaskOwner:
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error(
-                "background task %s failed", task.get_name(), exc_info=task.exception()
-            )
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
     def __len__(self) -> int:
         return len(self._tasks)

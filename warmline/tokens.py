@@ -45,7 +45,12 @@ class SessionSigner:
         self._ttl_s = ttl_s
 
     def issue(self, tenant: str, conversation_id: str, now: float) -> str:
-        payload = {"t": tenant, "c": conversation_id, "e": int(now + self._ttl_s), "k": self._current}
+        payload = {
+            "t": tenant,
+            "c": conversation_id,
+            "e": int(now + self._ttl_s),
+            "k": self._current,
+        }
         body = _b64(json.dumps(payload, separators=(",", ":")).encode())
         return f"{body}.{self._sign(self._current, body)}"
 
@@ -65,7 +70,10 @@ class SessionSigner:
         try:
             payload = json.loads(_unb64(body))
             kid, tenant, conversation_id, expires = (
-                payload["k"], payload["t"], payload["c"], float(payload["e"])
+                payload["k"],
+                payload["t"],
+                payload["c"],
+                float(payload["e"]),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise Unauthorized("malformed session token") from exc

@@ -25,8 +25,13 @@ CHROMIUM_ARGS = [
 
 
 def _chromium_path() -> str | None:
-    for candidate in (os.environ.get("WARMLINE_CHROMIUM"), "/usr/bin/chromium", "/usr/bin/chromium-browser",
-                      shutil.which("chromium"), shutil.which("chromium-browser")):
+    for candidate in (
+        os.environ.get("WARMLINE_CHROMIUM"),
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+    ):
         if candidate and Path(candidate).exists():
             return candidate
     return None
@@ -75,10 +80,19 @@ class Pages:
         self.contexts: list[Any] = []
         self.watched: list[Watched] = []
 
-    def open(self, url: str, name: str, *, viewport: tuple[int, int] = (1280, 800),
-             init_script: str | None = None, context: Any = None) -> Any:
+    def open(
+        self,
+        url: str,
+        name: str,
+        *,
+        viewport: tuple[int, int] = (1280, 800),
+        init_script: str | None = None,
+        context: Any = None,
+    ) -> Any:
         if context is None:
-            context = self.browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+            context = self.browser.new_context(
+                viewport={"width": viewport[0], "height": viewport[1]}
+            )
             context.set_default_timeout(15_000)
             self.contexts.append(context)
             if init_script:
@@ -86,7 +100,10 @@ class Pages:
         page = context.new_page()
         w = Watched(page, name)
         page.on("pageerror", lambda err: w.page_errors.append(str(err)))
-        page.on("console", lambda msg: w.console_errors.append(msg.text) if msg.type == "error" else None)
+        page.on(
+            "console",
+            lambda msg: w.console_errors.append(msg.text) if msg.type == "error" else None,
+        )
 
         def on_dialog(dialog: Any) -> None:
             w.dialogs.append(f"{dialog.type}: {dialog.message}")
@@ -103,8 +120,13 @@ class Pages:
             assert not w.page_errors, f"{w.name}: uncaught errors: {w.page_errors}"
             errors = w.console_errors
             if allow_network_errors:
-                errors = [e for e in errors if "WebSocket" not in e and "Failed to load resource" not in e
-                          and "ERR_CONNECTION_REFUSED" not in e]
+                errors = [
+                    e
+                    for e in errors
+                    if "WebSocket" not in e
+                    and "Failed to load resource" not in e
+                    and "ERR_CONNECTION_REFUSED" not in e
+                ]
             assert not errors, f"{w.name}: console errors: {errors}"
 
     def close(self) -> None:

@@ -59,20 +59,26 @@ def ask_bot(page: Any) -> Any:
     say(page, QUESTION)
     w = widget(page)
     try:
-        expect(w.locator(".wl-msg.customer:not(.pending)").filter(has_text=QUESTION)).to_have_count(1)
+        expect(w.locator(".wl-msg.customer:not(.pending)").filter(has_text=QUESTION)).to_have_count(
+            1
+        )
     except AssertionError as exc:
         raise AssertionError(f"{exc}\nclient: {client_state(page)}") from None
     answer = w.locator(".wl-msg.bot:not(.streaming)").last
-    expect(answer.locator(".wl-sources a").first).to_have_attribute("href", re.compile(r"^https?://"))
+    expect(answer.locator(".wl-sources a").first).to_have_attribute(
+        "href", re.compile(r"^https?://")
+    )
     return answer
 
 
 def client_state(page: Any) -> Any:
     """The widget client's connection state, for failure messages."""
-    return page.evaluate("""() => { const c = window.__warmlineClient; if (!c) return null;
-      return {status: c.status, transport: c.transport, lpWelcomed: c._lpWelcomed, outbox: c.outbox.size,
-              probing: c._probing, socket: c._sock && c._sock.status, failures: c._sock && c._sock.failuresInARow,
-              lastSeq: c.lastSeq, token: !!c.token}; }""")
+    return page.evaluate(
+        """() => { const c = window.__warmlineClient; if (!c) return null;
+        return {status: c.status, transport: c.transport, lpWelcomed: c._lpWelcomed,
+                outbox: c.outbox.size, probing: c._probing, socket: c._sock && c._sock.status,
+                failures: c._sock && c._sock.failuresInARow, lastSeq: c.lastSeq}; }"""
+    )
 
 
 def bubbles(page: Any, selector: str) -> list[str]:
@@ -93,7 +99,7 @@ def save_shots(tmp_path: Path, shots: dict[str, Any]) -> None:
 
 def test_customer_agent_and_supervisor_together(pages: Pages, server: Any, tmp_path: Path) -> None:
     sup = open_supervisor(pages, server)
-    agent = open_agent(pages, server, presence="away")   # away: nothing is auto-assigned
+    agent = open_agent(pages, server, presence="away")  # away: nothing is auto-assigned
     expect(sup.locator('[data-k="agents_hint"]')).to_contain_text("1 away")
     points_before = int(sup.locator("#chart-depth").get_attribute("data-points") or "0")
 
@@ -134,24 +140,31 @@ def test_customer_agent_and_supervisor_together(pages: Pages, server: Any, tmp_p
     agent.locator("#reply").fill("Hi, this is Alex. Let me check your order.")
     expect(w.locator(".wl-typing")).to_contain_text("Alex is typing")
     agent.locator("#reply").press("Enter")
-    expect(w.locator(".wl-msg.agent .wl-bubble")).to_have_text(["Hi, this is Alex. Let me check your order."])
+    expect(w.locator(".wl-msg.agent .wl-bubble")).to_have_text(
+        ["Hi, this is Alex. Let me check your order."]
+    )
     expect(w.locator(".wl-typing")).to_have_text("")
 
     w.locator("textarea").fill("Thanks! It is order 1042.")
     expect(agent.locator("#typing")).to_contain_text("is typing")
     w.locator("textarea").press("Enter")
-    expect(agent.locator("#transcript .msg.customer .bubble").last).to_have_text("Thanks! It is order 1042.")
+    expect(agent.locator("#transcript .msg.customer .bubble").last).to_have_text(
+        "Thanks! It is order 1042."
+    )
     expect(agent.locator("#typing")).to_have_text("")
     agent.locator("#reply").fill("It ships tomorrow morning.")
     agent.locator("#reply").press("Enter")
     expect(w.locator(".wl-msg.agent .wl-bubble").last).to_have_text("It ships tomorrow morning.")
     expect(agent.locator("#transcript .msg.agent.pending")).to_have_count(0)
 
-    save_shots(tmp_path, {
-        "customer-widget.png": customer,
-        "agent-dashboard.png": agent,
-        "supervisor-dashboard.png": sup,
-    })
+    save_shots(
+        tmp_path,
+        {
+            "customer-widget.png": customer,
+            "agent-dashboard.png": agent,
+            "supervisor-dashboard.png": sup,
+        },
+    )
 
     # the agent resolves, the customer rates
     agent.get_by_role("button", name="Resolve").click()
@@ -166,12 +179,12 @@ def test_customer_agent_and_supervisor_together(pages: Pages, server: Any, tmp_p
 
     # every persistent event is on the customer's page once
     seqs = w.locator(".wl-msg[data-seq]").evaluate_all("ns => ns.map(n => Number(n.dataset.seq))")
-    assert len(seqs) == len(set(seqs)) == 5, seqs   # question, answer, agent, customer, agent
+    assert len(seqs) == len(set(seqs)) == 5, seqs  # question, answer, agent, customer, agent
     pages.assert_clean()
 
 
 def test_markup_in_messages_and_names_stays_text(pages: Pages, server: Any) -> None:
-    server.add_agent(EVIL)   # a hostile agent name: the supervisor's table and the transfer list
+    server.add_agent(EVIL)  # a hostile agent name: the supervisor's table and the transfer list
     sup = open_supervisor(pages, server)
     expect(sup.locator("#agents td").filter(has_text=EVIL)).to_have_count(1)
     agent = open_agent(pages, server, presence="away")
@@ -188,7 +201,7 @@ def test_markup_in_messages_and_names_stays_text(pages: Pages, server: Any) -> N
     expect(item.locator(".preview")).to_have_text(EVIL)
     item.get_by_role("button", name=re.compile("^Claim")).click()
     expect(agent.locator("#transcript .msg.customer .bubble").first).to_have_text(EVIL)
-    expect(agent.locator("#context")).to_contain_text(EVIL)   # the handoff summary quotes it
+    expect(agent.locator("#context")).to_contain_text(EVIL)  # the handoff summary quotes it
     agent.locator("#reply").fill(EVIL)
     agent.locator("#reply").press("Enter")
     expect(w.locator(".wl-msg.agent .wl-bubble")).to_have_text([EVIL])
@@ -266,27 +279,31 @@ def test_server_restart_and_page_reload_lose_and_repeat_nothing(pages: Pages, se
     agent.locator("#reply").press("Enter")
     expect(w.locator(".wl-msg.agent .wl-bubble")).to_have_text(["Before the restart"])
 
-    server.restart()   # SIGTERM: drain (reconnect frames, close 1012), then a new process
+    server.restart()  # SIGTERM: drain (reconnect frames, close 1012), then a new process
 
     # both pages come back on their own and carry on
     expect(w).to_have_attribute("data-status", "connected", timeout=30_000)
     expect(agent.locator("#conn")).to_have_attribute("data-status", "connected", timeout=30_000)
     say(customer, "After the restart")
-    expect(agent.locator("#transcript .msg.customer .bubble").last).to_have_text("After the restart")
+    expect(agent.locator("#transcript .msg.customer .bubble").last).to_have_text(
+        "After the restart"
+    )
     agent.locator("#reply").fill("Still here")
     agent.locator("#reply").press("Enter")
     expect(w.locator(".wl-msg.agent .wl-bubble")).to_have_text(["Before the restart", "Still here"])
     expected_customer = [QUESTION, "After the restart"]
     expect(w.locator(".wl-msg.customer .wl-bubble")).to_have_text(expected_customer)
     expect(agent.locator("#transcript .msg.customer .bubble")).to_have_text(expected_customer)
-    expect(agent.locator("#transcript .msg.agent .bubble")).to_have_text(["Before the restart", "Still here"])
+    expect(agent.locator("#transcript .msg.agent .bubble")).to_have_text(
+        ["Before the restart", "Still here"]
+    )
     before = w.locator(".wl-msg[data-seq]").evaluate_all("ns => ns.map(n => Number(n.dataset.seq))")
     assert len(before) == len(set(before)) == 5, before
 
     # a crash this time (no drain, no close frame): the same, through the dead-socket path
     server.kill()
     expect(w).not_to_have_attribute("data-status", "connected")
-    say(customer, "Written while offline")           # waits in the outbox
+    say(customer, "Written while offline")  # waits in the outbox
     expect(w.locator(".wl-msg.customer.pending")).to_have_count(1)
     server.start()
     expect(w).to_have_attribute("data-status", "connected", timeout=30_000)
@@ -306,7 +323,9 @@ def test_server_restart_and_page_reload_lose_and_repeat_nothing(pages: Pages, se
     after = w.locator(".wl-msg[data-seq]").evaluate_all("ns => ns.map(n => Number(n.dataset.seq))")
     assert after == before
     say(customer, "And after the reload")
-    expect(agent.locator("#transcript .msg.customer .bubble").last).to_have_text("And after the reload")
+    expect(agent.locator("#transcript .msg.customer .bubble").last).to_have_text(
+        "And after the reload"
+    )
     expect(agent.locator("#transcript .msg.customer .bubble")).to_have_count(4)
     pages.assert_clean(allow_network_errors=True)
 
@@ -326,4 +345,34 @@ def test_widget_at_360px_and_keyboard(pages: Pages, server: Any, tmp_path: Path)
     page.keyboard.press("Escape")
     expect(panel).to_be_hidden()
     expect(launcher).to_be_focused()
+    pages.assert_clean()
+
+
+def test_widget_embedded_on_another_site(pages: Pages, server: Any) -> None:
+    """The one-tag embed on a page of another origin: the widget loads its client module from
+    the Warmline server and chats from there."""
+    cors = server.get(
+        "/static/warmline-client.js", headers={"Origin": "http://shop.example"}
+    ).headers.get("access-control-allow-origin")
+    if not cors:
+        pytest.xfail("no CORS header on /static/*.js: browsers refuse the cross-origin import")
+    context = pages.browser.new_context(viewport={"width": 1000, "height": 760})
+    pages.contexts.append(context)
+    context.set_default_timeout(15_000)
+    host_page = (
+        "<!doctype html><html><head><title>Shop</title></head><body><h1>A shop</h1>"
+        f'<script src="{server.url}/widget.js" data-tenant="demo" defer></script></body></html>'
+    )
+    context.route(
+        "http://shop.example/**",
+        lambda route: route.fulfill(status=200, content_type="text/html", body=host_page),
+    )
+    page = pages.open("http://shop.example/", "shop", context=context)
+    launcher = widget(page).locator(".wl-launcher")
+    expect(launcher).to_be_visible()
+    launcher.click()
+    answer = ask_bot(page)
+    expect(answer.locator(".wl-sources a").first).to_have_attribute(
+        "href", re.compile(r"^https?://")
+    )
     pages.assert_clean()

@@ -24,9 +24,7 @@ class Subscriber:
 
     __slots__ = ("_closed", "_items", "_maxsize", "_on_overflow", "_waiter", "overflowed")
 
-    def __init__(
-        self, maxsize: int = 512, on_overflow: Callable[[], None] | None = None
-    ) -> None:
+    def __init__(self, maxsize: int = 512, on_overflow: Callable[[], None] | None = None) -> None:
         self._items: deque[Message] = deque()
         self._maxsize = maxsize
         self._waiter: asyncio.Future[None] | None = None

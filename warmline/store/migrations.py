@@ -45,7 +45,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 rating_comment TEXT,
                 preview TEXT NOT NULL DEFAULT ''
             )""",
-            "CREATE INDEX conversations_queue ON conversations (tenant, state, priority, queued_at)",
+            "CREATE INDEX conversations_queue "
+            "ON conversations (tenant, state, priority, queued_at)",
             "CREATE INDEX conversations_agent ON conversations (agent_id, state)",
             """CREATE TABLE events (
                 conversation_id TEXT NOT NULL,

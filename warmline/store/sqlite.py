@@ -60,9 +60,11 @@ class SQLiteStore(Store):
     async def open(self) -> None:
         if self.path != ":memory:":
             directory = os.path.dirname(os.path.abspath(self.path))
-            os.makedirs(directory, exist_ok=True)
+            await asyncio.to_thread(os.makedirs, directory, exist_ok=True)
         self._writer = await self._connect()
-        await _run_in_connection_thread(self._writer, lambda: self._migrate(self._raw(self._writer)))
+        await _run_in_connection_thread(
+            self._writer, lambda: self._migrate(self._raw(self._writer))
+        )
         self._reader = await self._connect()
         self._writer_task = asyncio.create_task(self._write_loop(), name="sqlite-writer")
 
@@ -154,7 +156,8 @@ class SQLiteStore(Store):
                 batch.append(self._queue.get_nowait())
             try:
                 outcomes = await _run_in_connection_thread(
-                    self._writer_for_loop(), lambda b=batch: self._run_batch(b)  # type: ignore[misc]
+                    self._writer_for_loop(),
+                    lambda b=batch: self._run_batch(b),  # type: ignore[misc]
                 )
             except Exception as exc:  # the transaction itself failed: nothing was stored
                 error = Unavailable(f"store write failed: {exc}")
@@ -332,7 +335,8 @@ class SQLiteStore(Store):
     async def append_message(self, request: MessageRequest) -> tuple[Event, bool]:
         key = client_key(dict(request.author), request.client_id) if request.client_id else None
         message_id = (
-            f"m_{request.client_id}" if request.client_id and request.author.get("role") == "bot"
+            f"m_{request.client_id}"
+            if request.client_id and request.author.get("role") == "bot"
             else new_id("m")
         )
         now = time.time()
@@ -347,10 +351,11 @@ class SQLiteStore(Store):
                 if row is not None:
                     return _event(row), False
             conversation = _conversation_row(db, request.conversation_id)
-            if request.allowed_states is not None and conversation.state not in request.allowed_states:
-                raise Conflict(
-                    f"conversation is {conversation.state!r}", state=conversation.state
-                )
+            if (
+                request.allowed_states is not None
+                and conversation.state not in request.allowed_states
+            ):
+                raise Conflict(f"conversation is {conversation.state!r}", state=conversation.state)
             if request.owner_agent_id is not None and (
                 conversation.state != "human" or conversation.agent_id != request.owner_agent_id
             ):
@@ -433,8 +438,13 @@ class SQLiteStore(Store):
                     db.execute(
                         "INSERT INTO handle_times (tenant, agent_id, conversation_id, seconds, "
                         "resolved_at) VALUES (?,?,?,?,?)",
-                        (current.tenant, current.agent_id, current.id,
-                         now - current.assigned_at, now),
+                        (
+                            current.tenant,
+                            current.agent_id,
+                            current.id,
+                            now - current.assigned_at,
+                            now,
+                        ),
                     )
             elif to_state == "bot":
                 fields["resolved_by"] = None
@@ -585,16 +595,37 @@ class SQLiteStore(Store):
             db.execute(
                 "INSERT OR REPLACE INTO kb_documents (tenant, doc_id, title, url, body, "
                 "updated_at, content_hash, lang, doc_type) VALUES (?,?,?,?,?,?,?,?,?)",
-                (document.tenant, document.doc_id, document.title, document.url, document.body,
-                 document.updated_at, document.content_hash, document.lang, document.doc_type),
+                (
+                    document.tenant,
+                    document.doc_id,
+                    document.title,
+                    document.url,
+                    document.body,
+                    document.updated_at,
+                    document.content_hash,
+                    document.lang,
+                    document.doc_type,
+                ),
             )
             db.executemany(
                 "INSERT INTO kb_chunks (tenant, doc_id, chunk_id, ord, title, url, text, "
                 "heading_path, updated_at, lang, doc_type, label) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
-                    (c.tenant, c.doc_id, c.chunk_id, i, c.title, c.url, c.text,
-                     json.dumps(list(c.heading_path)), c.updated_at, c.lang, c.doc_type, c.label)
+                    (
+                        c.tenant,
+                        c.doc_id,
+                        c.chunk_id,
+                        i,
+                        c.title,
+                        c.url,
+                        c.text,
+                        json.dumps(list(c.heading_path)),
+                        c.updated_at,
+                        c.lang,
+                        c.doc_type,
+                        c.label,
+                    )
                     for i, c in enumerate(chunks)
                 ],
             )
@@ -634,8 +665,19 @@ class SQLiteStore(Store):
                 (tenant_id,),
             ).fetchall()
             return [
-                Chunk(r[0], r[1], r[2], r[3], r[4], r[5], tuple(json.loads(r[6])), r[7], r[8],
-                      r[9], r[10])
+                Chunk(
+                    r[0],
+                    r[1],
+                    r[2],
+                    r[3],
+                    r[4],
+                    r[5],
+                    tuple(json.loads(r[6])),
+                    r[7],
+                    r[8],
+                    r[9],
+                    r[10],
+                )
                 for r in rows
             ]
 

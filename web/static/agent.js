@@ -91,7 +91,9 @@ function onWelcome(w) {
   // presence: what this agent last chose, else what the server says, else online
   let p = null;
   try { p = JSON.parse(localStorage.getItem(PRESENCE_KEY) || 'null'); } catch (_) { p = null; }
-  const status = (p && p.status) || (me.status === 'away' ? 'away' : 'online');
+  const listed = Array.isArray(w.agents) ? w.agents.find((a) => a && a.id === me.id) : null;
+  const known = (listed && listed.status) || me.status;
+  const status = (p && p.status) || (known === 'away' ? 'away' : 'online');
   const capacity = p && Number.isFinite(p.capacity) ? p.capacity : (Number(me.capacity) || Number(ui.capacity.value) || 3);
   ui.presence.value = status === 'away' ? 'away' : 'online';
   ui.capacity.value = String(capacity);
@@ -431,7 +433,7 @@ function beep() {
 }
 
 function alertNew(c) {
-  const who = c.customer || 'A customer';
+  const who = convoTitle(c);
   const reason = c.context && c.context.reason ? ` (${humanize(c.context.reason)})` : '';
   toast(`New conversation: ${who}${reason}`);
   if (alertsOn()) {

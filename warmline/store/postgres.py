@@ -1,0 +1,968 @@
+"""The store for several hosts: PostgreSQL through an asyncpg pool.
+
+Nodes on different hosts share one database server, so the guarantees SQLite gets from a
+single writer come from the database itself:
+
+- gap-free `seq` per conversation: an append bumps `conversations.last_seq` with
+  `UPDATE … RETURNING` inside its transaction, which row-locks the conversation until commit;
+  writers on other nodes wait on that lock, and a rolled-back append gives its number back.
+- idempotent messages: under that same lock the append looks for the client key first (a
+  concurrent resend that committed while we waited is visible then, READ COMMITTED takes a new
+  snapshot per statement); the unique index on (tenant, conversation_id, client_key) backs it
+  up, and a violation of it answers with the stored event.
+- compare-and-set transitions: `UPDATE conversations … WHERE id = $1 AND version = $2 AND
+  state = $3`; a loser's update matches no row (PostgreSQL re-checks the condition on the row
+  the winner committed), so exactly one of any number of racing claims wins.
+- the dispatcher: `claim_next_queued` takes the head of a tenant's queue with
+  `FOR UPDATE SKIP LOCKED`, so dispatchers on several nodes each get a different conversation
+  instead of queueing behind one row lock and then losing the compare-and-set. `queued()` is a
+  plain MVCC read: it locks nothing (it feeds queue positions and the planning dispatcher, and
+  locking rows just to list them would make every reader write to them).
+
+Writes within this process are also ordered per conversation (a FIFO lock per conversation
+id), so concurrent calls land in the order they were made, as with SQLite's single writer,
+and one busy conversation holds at most one pool connection instead of a pile of connections
+waiting on its row lock. Group commit is SQLite's concern; here every write is one short
+transaction and the pool gives concurrency.
+
+Errors map as in the SQLite store: NotFound, Conflict, BadRequest; anything the server or the
+network refuses (connection lost, server down or restarting, timeouts, too many connections,
+a constraint no caller anticipated) is Unavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from warmline.errors import BadRequest, Conflict, NotFound, Unavailable, WarmlineError
+from warmline.models import Agent, Chunk, Conversation, Document, Event, Tenant
+from warmline.store.base import MessageRequest, Store, TenantStats, TransitionRequest
+from warmline.store.ids import client_key, hash_token, new_agent_token, new_id
+from warmline.store.pg_migrations import MIGRATIONS, migrate
+
+log = logging.getLogger("warmline.store.postgres")
+
+T = TypeVar("T")
+
+# Deadlocks and serialization failures roll the whole transaction back, so running it again is
+# safe; they are rare here (each write locks one conversation or one tenant row).
+RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+MAX_ATTEMPTS = 3
+PREVIEW_CHARS = 140
+
+
+# Pure helpers ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PoolOptions:
+    dsn: str
+    min_size: int = 1
+    max_size: int = 10
+    connect_timeout_s: float = 10.0
+    command_timeout_s: float = 30.0
+
+
+_POOL_PARAMS = {
+    "pool_min_size": "min_size",
+    "pool_max_size": "max_size",
+    "connect_timeout": "connect_timeout_s",
+    "command_timeout": "command_timeout_s",
+}
+
+
+def parse_url(url: str) -> PoolOptions:
+    """Split Warmline's pool settings out of the URL's query; the rest goes to the server.
+
+    `postgresql://u@db/warmline?pool_max_size=20&command_timeout=10&sslmode=require` gives
+    a pool of at most 20 connections and 10 s statements, and libpq's `sslmode` to asyncpg.
+    """
+    parts = urlsplit(url)
+    keep: list[tuple[str, str]] = []
+    options: dict[str, Any] = {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        field = _POOL_PARAMS.get(key)
+        if field is None:
+            keep.append((key, value))
+            continue
+        try:
+            number = float(value) if field.endswith("_s") else int(value)
+        except ValueError as exc:
+            raise BadRequest(f"{key} must be a number, not {value!r}") from exc
+        if number <= 0:
+            raise BadRequest(f"{key} must be positive")
+        options[field] = number
+    min_size = int(options.get("min_size", 1))
+    max_size = int(options.get("max_size", max(10, min_size)))
+    if min_size > max_size:
+        raise BadRequest("pool_min_size must not exceed pool_max_size")
+    dsn = urlunsplit(parts._replace(query=urlencode(keep)))
+    return PoolOptions(
+        dsn,
+        min_size,
+        max_size,
+        float(options.get("connect_timeout_s", 10.0)),
+        float(options.get("command_timeout_s", 30.0)),
+    )
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def transition_changes(
+    current: Conversation, request: TransitionRequest, now: float
+) -> dict[str, Any]:
+    """The conversation columns a transition sets (last_seq is bumped in SQL, not here).
+
+    The same rules as the SQLite store: queueing records why and when; assignment starts the
+    reply clock; resolving or reopening clears what only mattered for the last handoff.
+    """
+    passed_over = list(current.passed_over)
+    if request.pass_over and request.pass_over not in passed_over:
+        passed_over.append(request.pass_over)
+    to_state = request.to_state
+    fields: dict[str, Any] = {
+        "state": to_state,
+        "version": current.version + 1,
+        "updated_at": now,
+        "agent_id": request.agent_id if to_state == "human" else None,
+        "passed_over": passed_over,
+    }
+    if to_state == "queued":
+        fields["queued_at"] = now
+        fields["handed_off"] = True
+        fields["escalation_reason"] = (
+            request.reason
+            if request.from_state in ("bot", "confused")
+            else current.escalation_reason or request.reason
+        )
+        fields["awaiting_agent_since"] = None
+        fields["assigned_at"] = None
+    elif to_state == "human":
+        fields["assigned_at"] = now
+        fields["awaiting_agent_since"] = now
+    elif to_state == "resolved":
+        fields["resolved_by"] = "human" if request.from_state == "human" else "bot"
+        fields["awaiting_agent_since"] = None
+        fields["passed_over"] = []
+    elif to_state == "bot":
+        fields["resolved_by"] = None
+        fields["rating"] = None
+        fields["awaiting_agent_since"] = None
+        fields["passed_over"] = []
+    if request.priority is not None:
+        fields["priority"] = request.priority
+    return fields
+
+
+def handle_time(current: Conversation, request: TransitionRequest, now: float) -> float | None:
+    """Seconds an agent held the conversation, when this transition resolves a human one."""
+    if request.to_state == "resolved" and request.from_state == "human":
+        if current.assigned_at is not None:
+            return now - current.assigned_at
+    return None
+
+
+def state_event_data(
+    request: TransitionRequest, agent: Mapping[str, str] | None
+) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "from": request.from_state,
+        "to": request.to_state,
+        "reason": request.reason,
+        "agent": dict(agent) if request.to_state == "human" and agent is not None else None,
+        "trigger": request.trigger,
+    }
+    if request.details:
+        data["details"] = dict(request.details)
+    return data
+
+
+def message_event_data(request: MessageRequest, message_id: str) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": message_id,
+        "author": dict(request.author),
+        "text": request.text,
+        "sources": [dict(s) for s in request.sources],
+    }
+    if request.client_id:
+        data["client_id"] = request.client_id
+    if request.extra:
+        data.update(request.extra)
+    return data
+
+
+def refusal(request: MessageRequest, state: str, agent_id: str | None) -> Conflict | None:
+    """Why the conversation cannot take this message now, if it cannot."""
+    if request.allowed_states is not None and state not in request.allowed_states:
+        return Conflict(f"conversation is {state!r}", state=state)
+    if request.owner_agent_id is not None and (
+        state != "human" or agent_id != request.owner_agent_id
+    ):
+        return Conflict("the conversation is not yours", state=state)
+    return None
+
+
+def preview_of(text: str) -> str:
+    # PostgreSQL text cannot hold NUL; the preview is only for display, so drop them there
+    # (the message itself is kept verbatim in the event's json).
+    return text[:PREVIEW_CHARS].replace("\x00", "")
+
+
+class KeyedLocks:
+    """FIFO asyncio locks per key, dropped once nobody holds or waits for them."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            # An uncontended asyncio.Lock is taken without yielding, so calls made in order
+            # (say, by asyncio.gather) hold it in that order.
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+# The store -------------------------------------------------------------------------------------
+class PostgresStore(Store):
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.options = parse_url(url)
+        self._pool: asyncpg.Pool | None = None
+        self._conversation_locks = KeyedLocks()
+        self._schema_version = 0
+
+    # Lifecycle -----------------------------------------------------------------------------
+    async def open(self) -> None:
+        options = self.options
+        try:
+            pool = await asyncpg.create_pool(
+                options.dsn,
+                min_size=options.min_size,
+                max_size=options.max_size,
+                timeout=options.connect_timeout_s,
+                command_timeout=options.command_timeout_s,
+                server_settings={"application_name": "warmline"},
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise _unavailable(f"cannot connect to PostgreSQL at {redact(self.url)}", exc) from exc
+        try:
+            async with pool.acquire() as conn:
+                self._schema_version, applied = await migrate(conn, MIGRATIONS)
+        except BaseException as exc:
+            await pool.close()
+            if isinstance(exc, asyncpg.PostgresError | OSError | TimeoutError):
+                raise _unavailable("migrating the PostgreSQL schema failed", exc) from exc
+            raise
+        if applied:
+            log.info("applied migrations %s; schema at %d", applied, self._schema_version)
+        self._pool = pool
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            # Graceful: waits for connections in use to come back, then closes them.
+            await asyncio.wait_for(pool.close(), timeout=10)
+        except TimeoutError:
+            pool.terminate()
+
+    async def ping(self) -> None:
+        async with self._connection() as conn:
+            await conn.fetchval("SELECT 1")
+
+    async def schema_version(self) -> int:
+        async with self._connection() as conn:
+            return int(await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations"))
+
+    # Plumbing ------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        pool = self._pool
+        if pool is None:
+            raise Unavailable("store is closed")
+        try:
+            async with pool.acquire(timeout=self.options.connect_timeout_s) as conn:
+                yield conn
+        except (WarmlineError, asyncio.CancelledError):
+            raise
+        except (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError) as exc:
+            raise BadRequest("text the database cannot store (NUL character)") from exc
+        except (
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            OSError,
+            TimeoutError,
+            UnicodeError,
+        ) as exc:
+            raise _unavailable("store operation failed", exc) from exc
+
+    async def _transaction(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run fn in one transaction; again (up to MAX_ATTEMPTS) after a deadlock."""
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                async with self._connection() as conn, conn.transaction():
+                    return await fn(conn)
+            except Unavailable as exc:
+                if attempt < MAX_ATTEMPTS and isinstance(exc.__cause__, RETRYABLE):
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    # Secrets -------------------------------------------------------------------------------
+    async def secret(self, name: str, generate_bytes: int = 32) -> bytes:
+        async with self._connection() as conn:
+            await conn.execute(
+                "INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                name,
+                secrets.token_bytes(generate_bytes),
+            )
+            # A separate statement: READ COMMITTED gives it a fresh snapshot, which sees the
+            # value a racing node committed while our insert waited and then did nothing.
+            value = await conn.fetchval("SELECT value FROM secrets WHERE name = $1", name)
+        return bytes(value)
+
+    # Tenants -------------------------------------------------------------------------------
+    async def add_tenant(
+        self, tenant_id: str, name: str = "", allowed_origins: Sequence[str] = ()
+    ) -> Tenant:
+        try:
+            async with self._connection() as conn:
+                row = await conn.fetchrow(
+                    "INSERT INTO tenants (id, name, created_at, allowed_origins) "
+                    f"VALUES ($1, $2, $3, $4) RETURNING {_TENANT_COLS}",
+                    tenant_id,
+                    name or tenant_id,
+                    time.time(),
+                    list(allowed_origins),
+                )
+        except Unavailable as exc:
+            if isinstance(exc.__cause__, asyncpg.UniqueViolationError):
+                raise Conflict(f"tenant {tenant_id!r} already exists") from exc
+            raise
+        return _tenant(row)
+
+    async def get_tenant(self, tenant_id: str) -> Tenant:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(f"SELECT {_TENANT_COLS} FROM tenants WHERE id = $1", tenant_id)
+        if row is None:
+            raise NotFound(f"unknown tenant {tenant_id!r}")
+        return _tenant(row)
+
+    async def list_tenants(self) -> list[Tenant]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(f"SELECT {_TENANT_COLS} FROM tenants ORDER BY id")
+        return [_tenant(r) for r in rows]
+
+    async def set_allowed_origins(self, tenant_id: str, origins: Sequence[str]) -> Tenant:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                f"UPDATE tenants SET allowed_origins = $2 WHERE id = $1 RETURNING {_TENANT_COLS}",
+                tenant_id,
+                list(origins),
+            )
+        if row is None:
+            raise NotFound(f"unknown tenant {tenant_id!r}")
+        return _tenant(row)
+
+    # Agents --------------------------------------------------------------------------------
+    async def add_agent(
+        self, tenant_id: str, name: str, role: str = "agent", token: str | None = None
+    ) -> tuple[Agent, str]:
+        if role not in ("agent", "supervisor"):
+            raise BadRequest(f"unknown role {role!r}")
+        token = token or new_agent_token()
+        try:
+            async with self._connection() as conn:
+                row = await conn.fetchrow(
+                    "INSERT INTO agents (tenant, id, name, role, token_hash, created_at) "
+                    "SELECT id, $2, $3, $4, $5, $6 FROM tenants WHERE id = $1 "
+                    f"RETURNING {_AGENT_COLS}",
+                    tenant_id,
+                    new_id("a"),
+                    name,
+                    role,
+                    hash_token(token),
+                    time.time(),
+                )
+        except Unavailable as exc:
+            if isinstance(exc.__cause__, asyncpg.UniqueViolationError):
+                raise Conflict("this token is already in use") from exc
+            raise
+        if row is None:
+            raise NotFound(f"unknown tenant {tenant_id!r}")
+        return _agent(row), token
+
+    async def agent_by_token(self, token: str) -> Agent | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_AGENT_COLS} FROM agents WHERE token_hash = $1 AND NOT revoked",
+                hash_token(token),
+            )
+        return _agent(row) if row is not None else None
+
+    async def get_agent(self, agent_id: str) -> Agent:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(f"SELECT {_AGENT_COLS} FROM agents WHERE id = $1", agent_id)
+        if row is None:
+            raise NotFound(f"unknown agent {agent_id!r}")
+        return _agent(row)
+
+    async def list_agents(self, tenant_id: str | None = None) -> list[Agent]:
+        async with self._connection() as conn:
+            if tenant_id is None:
+                rows = await conn.fetch(f"SELECT {_AGENT_COLS} FROM agents ORDER BY tenant, name")
+            else:
+                rows = await conn.fetch(
+                    f"SELECT {_AGENT_COLS} FROM agents WHERE tenant = $1 ORDER BY name", tenant_id
+                )
+        return [_agent(r) for r in rows]
+
+    async def revoke_agent(self, agent_id: str) -> Agent:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                f"UPDATE agents SET revoked = true WHERE id = $1 RETURNING {_AGENT_COLS}", agent_id
+            )
+        if row is None:
+            raise NotFound(f"unknown agent {agent_id!r}")
+        return _agent(row)
+
+    # Conversations -------------------------------------------------------------------------
+    async def create_conversation(self, tenant_id: str) -> Conversation:
+        now = time.time()
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                "INSERT INTO conversations (tenant, id, state, version, last_seq, created_at, "
+                "updated_at) SELECT id, $2, 'bot', 0, 0, $3, $3 FROM tenants WHERE id = $1 "
+                f"RETURNING {_CONV_COLS}",
+                tenant_id,
+                new_id("c"),
+                now,
+            )
+        if row is None:
+            raise NotFound(f"unknown tenant {tenant_id!r}")
+        return _conversation(row)
+
+    async def get_conversation(self, conversation_id: str) -> Conversation:
+        async with self._connection() as conn:
+            return await _conversation_row(conn, conversation_id)
+
+    async def append_message(self, request: MessageRequest) -> tuple[Event, bool]:
+        key = client_key(dict(request.author), request.client_id) if request.client_id else None
+        message_id = (
+            f"m_{request.client_id}"
+            if request.client_id and request.author.get("role") == "bot"
+            else new_id("m")
+        )
+        role = request.author.get("role")
+        extra_sql = ""
+        if role == "customer":
+            # The reply clock starts with the first unanswered customer message.
+            extra_sql = (
+                ", awaiting_agent_since = CASE WHEN state = 'human' "
+                "THEN COALESCE(awaiting_agent_since, $2) ELSE awaiting_agent_since END"
+                ", preview = $3"
+            )
+        elif role == "agent":
+            extra_sql = ", awaiting_agent_since = NULL"
+        bump_sql = (
+            f"UPDATE conversations SET last_seq = last_seq + 1, updated_at = $2{extra_sql} "
+            "WHERE id = $1 RETURNING tenant, state, agent_id, last_seq"
+        )
+
+        async def op(conn: asyncpg.Connection) -> tuple[Event, bool]:
+            now = time.time()
+            args: list[Any] = [request.conversation_id, now]
+            if role == "customer":
+                args.append(preview_of(request.text))
+            # Taking the next seq row-locks the conversation until commit: every other
+            # writer of this conversation, on any node, waits here.
+            bumped = await conn.fetchrow(bump_sql, *args)
+            if bumped is None:
+                raise NotFound("unknown conversation")
+            tenant = bumped["tenant"]
+            if key is not None:
+                stored = await _event_by_key(conn, tenant, request.conversation_id, key)
+                if stored is not None:
+                    raise _Resent(stored)
+            refused = refusal(request, bumped["state"], bumped["agent_id"])
+            if refused is not None:
+                raise refused
+            seq = int(bumped["last_seq"])
+            data = message_event_data(request, message_id)
+            await conn.execute(
+                "INSERT INTO events (tenant, conversation_id, seq, ts, kind, client_key, data) "
+                "VALUES ($1, $2, $3, $4, 'message', $5, $6::json)",
+                tenant,
+                request.conversation_id,
+                seq,
+                now,
+                key,
+                json.dumps(data),
+            )
+            return Event(request.conversation_id, seq, now, "message", data), True
+
+        async with self._conversation_locks.hold(request.conversation_id):
+            try:
+                return await self._transaction(op)
+            except _Resent as resent:  # raised inside: the transaction rolled the bump back
+                return resent.event, False
+            except Unavailable as exc:
+                # Only a writer that skipped the row lock could get here; the stored event
+                # is still the answer to a resend.
+                if key is None or not isinstance(exc.__cause__, asyncpg.UniqueViolationError):
+                    raise
+                async with self._connection() as conn:
+                    stored = await _event_by_key(conn, None, request.conversation_id, key)
+                if stored is None:
+                    raise
+                return stored, False
+
+    async def apply_transition(self, request: TransitionRequest) -> tuple[Conversation, Event]:
+        async with self._conversation_locks.hold(request.conversation_id):
+            async with self._connection() as conn:
+                current = await _conversation_row(conn, request.conversation_id)
+                agent = await _agent_brief(conn, request.agent_id)
+            _check_expected(current, request)
+            return await self._transaction(
+                lambda conn: _transition(conn, current, request, agent, time.time())
+            )
+
+    async def claim_next_queued(
+        self,
+        tenant_id: str,
+        agent_id: str,
+        trigger: str = "assign",
+        reason: str = "dispatched",
+    ) -> tuple[Conversation, Event] | None:
+        """Assign the head of the tenant's queue to the agent; None when nothing is left.
+
+        `FOR UPDATE SKIP LOCKED` passes over conversations another node is assigning right
+        now, so dispatchers on several nodes drain one queue in parallel, each taking a
+        different conversation, rather than all waiting on the first row and all but one
+        losing the compare-and-set. Conversations that passed this agent over are skipped.
+        """
+        async with self._connection() as conn:
+            agent = await _agent_brief(conn, agent_id)
+
+        async def op(conn: asyncpg.Connection) -> tuple[Conversation, Event] | None:
+            row = await conn.fetchrow(
+                f"SELECT {_CONV_COLS} FROM conversations WHERE tenant = $1 AND state = 'queued' "
+                "AND NOT ($2 = ANY (passed_over)) ORDER BY priority DESC, queued_at, id "
+                "LIMIT 1 FOR UPDATE SKIP LOCKED",
+                tenant_id,
+                agent_id,
+            )
+            if row is None:
+                return None
+            current = _conversation(row)
+            request = TransitionRequest(
+                current.id, current.version, "queued", "human", trigger, reason, agent_id=agent_id
+            )
+            return await _transition(conn, current, request, agent, time.time())
+
+        return await self._transaction(op)
+
+    async def events_after(
+        self, conversation_id: str, after_seq: int, limit: int = 1000
+    ) -> list[Event]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT conversation_id, seq, ts, kind, data FROM events "
+                "WHERE tenant = (SELECT tenant FROM conversations WHERE id = $1) "
+                "AND conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                conversation_id,
+                after_seq,
+                limit,
+            )
+        return [_event(r) for r in rows]
+
+    async def queued(self, tenant_id: str) -> list[Conversation]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_CONV_COLS} FROM conversations WHERE tenant = $1 AND state = 'queued' "
+                "ORDER BY priority DESC, queued_at, id",
+                tenant_id,
+            )
+        return [_conversation(r) for r in rows]
+
+    async def owned_by(self, agent_id: str) -> list[Conversation]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_CONV_COLS} FROM conversations "
+                "WHERE tenant = (SELECT tenant FROM agents WHERE id = $1) "
+                "AND agent_id = $1 AND state = 'human' ORDER BY assigned_at, id",
+                agent_id,
+            )
+        return [_conversation(r) for r in rows]
+
+    async def loads(self, tenant_id: str) -> dict[str, int]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT agent_id, COUNT(*) AS n FROM conversations "
+                "WHERE tenant = $1 AND state = 'human' AND agent_id IS NOT NULL GROUP BY agent_id",
+                tenant_id,
+            )
+        return {r["agent_id"]: int(r["n"]) for r in rows}
+
+    async def awaiting_reply_since(self, before: float) -> list[Conversation]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_CONV_COLS} FROM conversations WHERE state = 'human' "
+                "AND awaiting_agent_since IS NOT NULL AND awaiting_agent_since < $1",
+                before,
+            )
+        return [_conversation(r) for r in rows]
+
+    async def set_rating(self, conversation_id: str, score: int, comment: str) -> None:
+        async with self._connection() as conn:
+            status = await conn.execute(
+                "UPDATE conversations SET rating = $2, rating_comment = $3 WHERE id = $1",
+                conversation_id,
+                score,
+                comment,
+            )
+        if status.endswith(" 0"):
+            raise NotFound("unknown conversation")
+
+    async def tenant_stats(self, tenant_id: str) -> TenantStats:
+        async with self._connection() as conn:
+            states = await conn.fetch(
+                "SELECT state, COUNT(*) AS n FROM conversations WHERE tenant = $1 GROUP BY state",
+                tenant_id,
+            )
+            row = await conn.fetchrow(
+                "SELECT COUNT(*) AS total, "
+                "COUNT(*) FILTER (WHERE handed_off) AS handed, "
+                "COUNT(*) FILTER (WHERE resolved_by = 'bot') AS by_bot, "
+                "COUNT(*) FILTER (WHERE resolved_by IS NOT NULL) AS resolved, "
+                "AVG(rating)::double precision AS rating "
+                "FROM conversations WHERE tenant = $1",
+                tenant_id,
+            )
+        return TenantStats(
+            states={r["state"]: int(r["n"]) for r in states},
+            conversations=int(row["total"]),
+            handed_off=int(row["handed"]),
+            resolved_by_bot=int(row["by_bot"]),
+            resolved_total=int(row["resolved"]),
+            ratings_avg=float(row["rating"]) if row["rating"] is not None else None,
+        )
+
+    async def recent_handle_times(self, tenant_id: str, limit: int = 50) -> list[float]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT seconds FROM handle_times WHERE tenant = $1 "
+                "ORDER BY resolved_at DESC LIMIT $2",
+                tenant_id,
+                limit,
+            )
+        return [float(r["seconds"]) for r in rows]
+
+    # Knowledge -----------------------------------------------------------------------------
+    async def replace_document(self, document: Document, chunks: Sequence[Chunk]) -> int:
+        tenant = document.tenant
+
+        async def op(conn: asyncpg.Connection) -> int:
+            # Bumping the version first locks the tenant row: replacements of one tenant's
+            # documents take turns instead of deadlocking on each other's chunks.
+            version = await conn.fetchval(
+                "UPDATE tenants SET kb_version = kb_version + 1 WHERE id = $1 "
+                "RETURNING kb_version",
+                tenant,
+            )
+            if version is None:
+                raise NotFound(f"unknown tenant {tenant!r}")
+            await conn.execute(
+                "DELETE FROM kb_chunks WHERE tenant = $1 AND doc_id = $2", tenant, document.doc_id
+            )
+            await conn.execute(
+                "INSERT INTO kb_documents (tenant, doc_id, title, url, body, updated_at, "
+                "content_hash, lang, doc_type) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+                "ON CONFLICT (tenant, doc_id) DO UPDATE SET title = EXCLUDED.title, "
+                "url = EXCLUDED.url, body = EXCLUDED.body, updated_at = EXCLUDED.updated_at, "
+                "content_hash = EXCLUDED.content_hash, lang = EXCLUDED.lang, "
+                "doc_type = EXCLUDED.doc_type",
+                tenant,
+                document.doc_id,
+                document.title,
+                document.url,
+                document.body,
+                document.updated_at,
+                document.content_hash,
+                document.lang,
+                document.doc_type,
+            )
+            if chunks:
+                await conn.executemany(
+                    "INSERT INTO kb_chunks (tenant, doc_id, chunk_id, ord, title, url, text, "
+                    "heading_path, updated_at, lang, doc_type, label) "
+                    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                    [
+                        (c.tenant, c.doc_id, c.chunk_id, i, c.title, c.url, c.text,
+                         list(c.heading_path), c.updated_at, c.lang, c.doc_type, c.label)
+                        for i, c in enumerate(chunks)
+                    ],
+                )
+            return int(version)
+
+        return await self._transaction(op)
+
+    async def delete_document(self, tenant_id: str, doc_id: str) -> bool:
+        async def op(conn: asyncpg.Connection) -> bool:
+            await conn.execute(
+                "DELETE FROM kb_chunks WHERE tenant = $1 AND doc_id = $2", tenant_id, doc_id
+            )
+            status = await conn.execute(
+                "DELETE FROM kb_documents WHERE tenant = $1 AND doc_id = $2", tenant_id, doc_id
+            )
+            if status.endswith(" 0"):
+                return False
+            await conn.execute(
+                "UPDATE tenants SET kb_version = kb_version + 1 WHERE id = $1", tenant_id
+            )
+            return True
+
+        return await self._transaction(op)
+
+    async def list_documents(self, tenant_id: str) -> list[Document]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT tenant, doc_id, title, url, body, updated_at, content_hash, lang, "
+                "doc_type FROM kb_documents WHERE tenant = $1 ORDER BY doc_id",
+                tenant_id,
+            )
+        return [Document(*r) for r in rows]
+
+    async def list_chunks(self, tenant_id: str) -> list[Chunk]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT tenant, doc_id, chunk_id, title, url, text, heading_path, updated_at, "
+                "lang, doc_type, label FROM kb_chunks WHERE tenant = $1 ORDER BY doc_id, ord",
+                tenant_id,
+            )
+        return [
+            Chunk(r[0], r[1], r[2], r[3], r[4], r[5], tuple(r[6]), r[7], r[8], r[9], r[10])
+            for r in rows
+        ]
+
+    async def kb_version(self, tenant_id: str) -> int:
+        async with self._connection() as conn:
+            version = await conn.fetchval("SELECT kb_version FROM tenants WHERE id = $1", tenant_id)
+        if version is None:
+            raise NotFound(f"unknown tenant {tenant_id!r}")
+        return int(version)
+
+    async def save_vectors(
+        self, tenant_id: str, model_id: str, vectors: Mapping[str, bytes]
+    ) -> None:
+        async def op(conn: asyncpg.Connection) -> None:
+            if vectors:
+                # Sorted: two saves of one tenant lock rows in the same order (no deadlock).
+                await conn.executemany(
+                    "INSERT INTO kb_vectors (tenant, model_id, chunk_id, vector) "
+                    "VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, model_id, chunk_id) "
+                    "DO UPDATE SET vector = EXCLUDED.vector",
+                    [(tenant_id, model_id, k, bytes(vectors[k])) for k in sorted(vectors)],
+                )
+            # Vectors of chunks that no longer exist are dead weight.
+            await conn.execute(
+                "DELETE FROM kb_vectors v WHERE v.tenant = $1 AND v.model_id = $2 "
+                "AND NOT EXISTS (SELECT 1 FROM kb_chunks c "
+                "WHERE c.tenant = v.tenant AND c.chunk_id = v.chunk_id)",
+                tenant_id,
+                model_id,
+            )
+
+        await self._transaction(op)
+
+    async def load_vectors(self, tenant_id: str, model_id: str) -> dict[str, bytes]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT chunk_id, vector FROM kb_vectors WHERE tenant = $1 AND model_id = $2",
+                tenant_id,
+                model_id,
+            )
+        return {r["chunk_id"]: bytes(r["vector"]) for r in rows}
+
+
+# Transactions' inner steps ---------------------------------------------------------------------
+class _Resent(Exception):
+    """Internal: the client key is already stored; unwinds (and rolls back) the append."""
+
+    def __init__(self, event: Event) -> None:
+        super().__init__("resent")
+        self.event = event
+
+
+def _check_expected(current: Conversation, request: TransitionRequest) -> None:
+    if current.version != request.expected_version or current.state != request.from_state:
+        raise Conflict(
+            "the conversation changed meanwhile", state=current.state, version=current.version
+        )
+
+
+async def _transition(
+    conn: asyncpg.Connection,
+    current: Conversation,
+    request: TransitionRequest,
+    agent: Mapping[str, str] | None,
+    now: float,
+) -> tuple[Conversation, Event]:
+    fields = transition_changes(current, request, now)
+    names = list(fields)
+    assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=4))
+    # Compare-and-set: the update matches only the version and state the caller saw. A
+    # racing writer that committed first leaves it matching nothing.
+    row = await conn.fetchrow(
+        f"UPDATE conversations SET {assignments}, last_seq = last_seq + 1 "
+        f"WHERE id = $1 AND version = $2 AND state = $3 RETURNING {_CONV_COLS}",
+        current.id,
+        request.expected_version,
+        request.from_state,
+        *(fields[n] for n in names),
+    )
+    if row is None:
+        latest = await conn.fetchrow(
+            "SELECT state, version FROM conversations WHERE id = $1", current.id
+        )
+        if latest is None:
+            raise NotFound("unknown conversation")
+        raise Conflict(
+            "the conversation changed meanwhile", state=latest["state"], version=latest["version"]
+        )
+    updated = _conversation(row)
+    seq = updated.last_seq
+    data = state_event_data(request, agent)
+    await conn.execute(
+        "INSERT INTO events (tenant, conversation_id, seq, ts, kind, client_key, data) "
+        "VALUES ($1, $2, $3, $4, 'state', NULL, $5::json)",
+        updated.tenant,
+        updated.id,
+        seq,
+        now,
+        json.dumps(data),
+    )
+    seconds = handle_time(current, request, now)
+    if seconds is not None:
+        await conn.execute(
+            "INSERT INTO handle_times (tenant, conversation_id, seq, agent_id, seconds, "
+            "resolved_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            current.tenant,
+            current.id,
+            seq,
+            current.agent_id,
+            seconds,
+            now,
+        )
+    return updated, Event(updated.id, seq, now, "state", data)
+
+
+async def _event_by_key(
+    conn: asyncpg.Connection, tenant: str | None, conversation_id: str, key: str
+) -> Event | None:
+    row = await conn.fetchrow(
+        "SELECT conversation_id, seq, ts, kind, data FROM events "
+        "WHERE tenant = COALESCE($1, (SELECT tenant FROM conversations WHERE id = $2)) "
+        "AND conversation_id = $2 AND client_key = $3",
+        tenant,
+        conversation_id,
+        key,
+    )
+    return _event(row) if row is not None else None
+
+
+async def _agent_brief(conn: asyncpg.Connection, agent_id: str | None) -> dict[str, str] | None:
+    if agent_id is None:
+        return None
+    row = await conn.fetchrow("SELECT id, name FROM agents WHERE id = $1", agent_id)
+    return {"id": row["id"], "name": row["name"]} if row else {"id": agent_id, "name": agent_id}
+
+
+async def _conversation_row(conn: asyncpg.Connection, conversation_id: str) -> Conversation:
+    row = await conn.fetchrow(
+        f"SELECT {_CONV_COLS} FROM conversations WHERE id = $1", conversation_id
+    )
+    if row is None:
+        raise NotFound("unknown conversation")
+    return _conversation(row)
+
+
+def _unavailable(message: str, exc: BaseException) -> Unavailable:
+    return Unavailable(f"{message}: {type(exc).__name__}: {exc}")
+
+
+# Row mapping -----------------------------------------------------------------------------------
+_TENANT_COLS = "id, name, created_at, allowed_origins, kb_version"
+_AGENT_COLS = "id, tenant, name, role, created_at, revoked"
+_CONV_COLS = (
+    "id, tenant, state, version, last_seq, created_at, updated_at, agent_id, priority, "
+    "queued_at, assigned_at, awaiting_agent_since, escalation_reason, passed_over, handed_off, "
+    "resolved_by, rating, preview"
+)
+
+
+def _tenant(row: Sequence[Any]) -> Tenant:
+    return Tenant(row[0], row[1], row[2], tuple(row[3]), int(row[4]))
+
+
+def _agent(row: Sequence[Any]) -> Agent:
+    return Agent(row[0], row[1], row[2], row[3], row[4], bool(row[5]))
+
+
+def _conversation(row: Sequence[Any]) -> Conversation:
+    return Conversation(
+        id=row[0],
+        tenant=row[1],
+        state=row[2],
+        version=int(row[3]),
+        last_seq=int(row[4]),
+        created_at=row[5],
+        updated_at=row[6],
+        agent_id=row[7],
+        priority=int(row[8]),
+        queued_at=row[9],
+        assigned_at=row[10],
+        awaiting_agent_since=row[11],
+        escalation_reason=row[12],
+        passed_over=tuple(row[13]),
+        handed_off=bool(row[14]),
+        resolved_by=row[15],
+        rating=row[16],
+        preview=row[17],
+    )
+
+
+def _event(row: Sequence[Any]) -> Event:
+    return Event(row[0], int(row[1]), float(row[2]), row[3], json.loads(row[4]))
