@@ -14,7 +14,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from retrieval.embed import DEFAULT_MODEL, FastEmbedEmbedder  # noqa: E402
+from retrieval.embed import DEFAULT_MODEL, FastEmbedEmbedder
 
 SRC = os.environ.get("BANKING77_DIR", "/work/shared/data/banking77")
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "warmline" / "bench"

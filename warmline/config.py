@@ -68,6 +68,29 @@ class Config:
     # Operations
     log_json: bool = False
     log_level: str = "info"
+
+    # Rate limits: token buckets, sustained per second and burst; a rate <= 0 disables one.
+    # Per connection (a long-polling customer: per conversation).
+    rate_message_per_s: float = 5.0
+    rate_message_burst: float = 20.0
+    rate_typing_per_s: float = 4.0
+    rate_typing_burst: float = 8.0
+    # Every frame of one WebSocket: past it the server stops reading that socket for a
+    # while, so one flooding client costs the others nothing (TCP pushes back on it).
+    rate_frame_per_s: float = 50.0
+    rate_frame_burst: float = 200.0
+    # Per tenant: stored messages and new conversations, over every node.
+    rate_tenant_message_per_s: float = 200.0
+    rate_tenant_message_burst: float = 1000.0
+    rate_tenant_conversation_per_s: float = 50.0
+    rate_tenant_conversation_burst: float = 500.0
+    # Per client address: new connections (WebSocket handshakes, long-poll hellos) and polls.
+    rate_ip_connect_per_s: float = 20.0
+    rate_ip_connect_burst: float = 200.0
+    rate_ip_poll_per_s: float = 50.0
+    rate_ip_poll_burst: float = 500.0
+    # How long a tenant's origin allow-list is cached (the CLI changes it from outside).
+    origin_cache_s: float = 5.0
     # Addresses whose X-Forwarded-For is trusted (the load balancer), for per-IP limits.
     forwarded_allow_ips: str = "127.0.0.1"
 

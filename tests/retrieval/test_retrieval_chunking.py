@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -94,7 +95,7 @@ def test_chunks_respect_the_size_limit_and_overlap() -> None:
     chunks = chunk_section(text, max_words=70, overlap_words=15)
     assert len(chunks) > 5
     assert all(len(c.split()) <= 70 for c in chunks[:-1])
-    for a, b in zip(chunks, chunks[1:], strict=False):
+    for a, b in itertools.pairwise(chunks):
         # The last sentences of a chunk open the next one.
         assert a.split(". ")[-1] in b
     joined = " ".join(chunks)

@@ -4,10 +4,19 @@ Every backend in BACKENDS runs the whole suite. A `StoreEnv` gives a test the st
 "nodes" (other Store instances over the same data, as separate processes would have), and a
 raw dump of everything persisted (to check what must never be stored).
 
-PostgreSQL: add "postgres" to BACKENDS once warmline/store/postgres.py exists. It runs against
-WARMLINE_TEST_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres), in a fresh
-database per test; it is skipped only when that server cannot be reached, so a wrong password
-or a broken schema still fails loudly.
+Backends: SQLite and PostgreSQL by default; `WARMLINE_TEST_STORE_BACKENDS=sqlite` (or
+`=postgres`) runs just one.
+
+PostgreSQL runs against WARMLINE_TEST_POSTGRES_URL (default
+postgresql://postgres@127.0.0.1:5432/postgres, the machine's own server with trust auth). The
+URL names an administrative database and a role allowed to CREATE DATABASE: every test creates
+a fresh `warmline_test_<random>` database beside it and drops it afterwards (WITH (FORCE), so a
+failed test leaves nothing behind). To point the tests at another server:
+
+    WARMLINE_TEST_POSTGRES_URL=postgresql://user:secret@db.example:5432/postgres pytest tests/store
+
+The tests are skipped only when that server cannot be reached at all (connection refused,
+timeout); a wrong password, a missing privilege or a broken schema fails loudly.
 """
 
 from __future__ import annotations
@@ -23,9 +32,11 @@ import pytest
 from warmline.store.base import Store
 from warmline.store.sqlite import SQLiteStore
 
-# + "postgres" when warmline.store.postgres lands; WARMLINE_TEST_STORE_BACKENDS=sqlite,postgres
-# selects them without an edit.
-BACKENDS = os.environ.get("WARMLINE_TEST_STORE_BACKENDS", "sqlite").split(",")
+BACKENDS = [
+    name.strip()
+    for name in os.environ.get("WARMLINE_TEST_STORE_BACKENDS", "sqlite,postgres").split(",")
+    if name.strip()
+]
 
 POSTGRES_URL = os.environ.get(
     "WARMLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -271,6 +271,7 @@ class PostgresStore(Store):
                 timeout=options.connect_timeout_s,
                 command_timeout=options.command_timeout_s,
                 server_settings={"application_name": "warmline"},
+                reset=_keep_session,
             )
         except asyncio.CancelledError:
             raise
@@ -550,14 +551,16 @@ class PostgresStore(Store):
                 return stored, False
 
     async def apply_transition(self, request: TransitionRequest) -> tuple[Conversation, Event]:
-        async with self._conversation_locks.hold(request.conversation_id):
-            async with self._connection() as conn:
-                current = await _conversation_row(conn, request.conversation_id)
-                agent = await _agent_brief(conn, request.agent_id)
+        async with (
+            self._conversation_locks.hold(request.conversation_id),
+            self._connection() as conn,
+        ):
+            # Read without a lock: the update below only applies if nothing changed since.
+            current = await _conversation_row(conn, request.conversation_id)
             _check_expected(current, request)
-            return await self._transaction(
-                lambda conn: _transition(conn, current, request, agent, time.time())
-            )
+            agent = await _agent_brief(conn, request.agent_id)
+            async with conn.transaction():
+                return await _transition(conn, current, request, agent, time.time())
 
     async def claim_next_queued(
         self,
@@ -917,6 +920,15 @@ async def _conversation_row(conn: asyncpg.Connection, conversation_id: str) -> C
     if row is None:
         raise NotFound("unknown conversation")
     return _conversation(row)
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool reset on release: nothing to undo.
+
+    The store never changes session state (no SET, LISTEN, cursors or session-level advisory
+    locks; asyncpg rolls back any open transaction itself), so asyncpg's default reset query
+    would be one wasted round trip on every release.
+    """
 
 
 def _unavailable(message: str, exc: BaseException) -> Unavailable:
