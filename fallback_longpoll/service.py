@@ -23,16 +23,18 @@ from fallback_longpoll.frames import (
     session_token,
     token_key,
 )
-from fallback_longpoll.limits import PollLimiter, RateBuckets
+from fallback_longpoll.limits import PollLimiter
 from realtime import protocol
-from warmline import metrics
+from warmline import logs, metrics
 from warmline.bus import channels
 from warmline.bus.base import Subscriber, SubscriberOverflow
-from warmline.errors import BadRequest, RateLimited, Unauthorized, WarmlineError
-from warmline.runtime import MESSAGE_RATE, TYPING_RATE
+from warmline.errors import BadRequest, Forbidden, Unauthorized, WarmlineError
+from warmline.limits import client_ip
 from warmline.store.ids import new_id
 
 if TYPE_CHECKING:
+    from starlette.requests import HTTPConnection
+
     from warmline.runtime import Runtime
 
 log = logging.getLogger("warmline.longpoll")
@@ -59,6 +61,11 @@ def error_reply(runtime: Runtime, error: WarmlineError, ref: str | None) -> tupl
     return error.http_status, protocol.error_frame(error.code, error.message, ref, **extra)
 
 
+async def _check_origin(runtime: Runtime, request: HTTPConnection | None, tenant: str) -> None:
+    if request is not None and not await runtime.check_origin(request, tenant):
+        raise Forbidden("origin not allowed")
+
+
 def _with_ref(frame: Frame, ref: str | None) -> Frame:
     if ref is not None:
         frame["ref"] = ref
@@ -70,12 +77,15 @@ class LongPoll:
 
     def __init__(self, limiter: PollLimiter | None = None) -> None:
         self.limiter = limiter or PollLimiter()
-        self.rates = RateBuckets({"message": MESSAGE_RATE, "typing": TYPING_RATE})
         self._inboxes: dict[str, Subscriber] = {}  # live poll id -> its inbox
 
     # Sending ---------------------------------------------------------------------------------
     async def send(
-        self, runtime: Runtime, body: bytes, authorization: str | None
+        self,
+        runtime: Runtime,
+        body: bytes,
+        authorization: str | None,
+        request: HTTPConnection | None = None,
     ) -> tuple[int, list[Frame]]:
         """Handle one request body exactly like the WebSocket customer handles a frame.
 
@@ -88,7 +98,7 @@ class LongPoll:
             frame = parse_body(body, runtime.config.max_frame_bytes)
             ref = protocol.ref_of(frame)
             check_frame(frame, runtime.config.max_text_chars)
-            replies = await self._handle(runtime, frame, ref, authorization)
+            replies = await self._handle(runtime, frame, ref, authorization, request)
         except WarmlineError as exc:
             status, error = error_reply(runtime, exc, ref)
             replies = [error]
@@ -103,28 +113,36 @@ class LongPoll:
         return status, replies
 
     async def _handle(
-        self, runtime: Runtime, frame: Frame, ref: str | None, authorization: str | None
+        self,
+        runtime: Runtime,
+        frame: Frame,
+        ref: str | None,
+        authorization: str | None,
+        request: HTTPConnection | None = None,
     ) -> list[Frame]:
         kind = frame["type"]
         service = runtime.conversations
         if kind == "ping":
             return [_with_ref({"type": "pong"}, ref)]
         if kind == "hello":
+            await _check_origin(runtime, request, frame["tenant"])
+            if request is not None:  # a new session, as a WebSocket handshake would be
+                await runtime.check_rate(client_ip(request), "connect")
             return await self._hello(runtime, frame, ref)
         token = session_token(frame, authorization)
         if token is None:
             raise Unauthorized("say hello first, then send its token with every frame")
         conversation = await service.conversation_for_token(token)
+        logs.bind(conversation_id=conversation.id)
+        await _check_origin(runtime, request, conversation.tenant)
         if kind == "message":
-            self._check_rate(runtime, conversation.id)
+            await runtime.check_rate(conversation.id, "message", conversation.tenant)
             event = await service.customer_message(conversation.id, frame["id"], frame["text"])
             return [_with_ref({"type": "ack", "id": frame["id"], "seq": event.seq}, ref)]
         if kind == "typing":
-            if self.rates.take(conversation.id, "typing", time.monotonic()) == 0:
+            if await runtime.allow_typing(conversation.id):  # else dropped, as on the socket
                 origin = f"lp_{token_key(token)[:12]}"
                 await service.typing(conversation.id, "customer", frame["on"], origin)
-            else:
-                metrics.RATE_LIMITED.labels("typing").inc()  # dropped silently, as on the socket
             return []
         if kind == "request_human":
             await service.request_human(conversation.id)
@@ -134,12 +152,6 @@ class LongPoll:
             return [_with_ref({"type": "ack", "of": "rate"}, ref)]
         raise BadRequest(f"unknown frame type {kind[:40]!r}")  # the schema admits no other
 
-    def _check_rate(self, runtime: Runtime, owner: str) -> None:
-        wait = self.rates.take(owner, "message", time.monotonic())
-        if wait > 0:
-            metrics.RATE_LIMITED.labels("message").inc()
-            raise RateLimited("slow down", retry_after_s=round(wait, 3))
-
     async def _hello(self, runtime: Runtime, frame: Frame, ref: str | None) -> list[Frame]:
         service = runtime.conversations
         tenant = frame["tenant"]
@@ -147,6 +159,7 @@ class LongPoll:
         if token:
             conversation, token = await service.resume(tenant, token)
         else:
+            await runtime.check_rate(f"tenant:{tenant}", "conversation", tenant)
             conversation, token = await service.start(tenant)
         welcome = _with_ref(
             {
@@ -175,9 +188,10 @@ class LongPoll:
         params: PollParams,
         ip: str,
         disconnected: Disconnected | None = None,
+        request: HTTPConnection | None = None,
     ) -> tuple[int, dict[str, Any]]:
         try:
-            frames = await self._poll(runtime, params, ip, disconnected)
+            frames = await self._poll(runtime, params, ip, disconnected, request)
         except WarmlineError as exc:
             status, error = error_reply(runtime, exc, None)
             return status, {"frames": [error]}
@@ -199,8 +213,12 @@ class LongPoll:
         params: PollParams,
         ip: str,
         disconnected: Disconnected | None,
+        request: HTTPConnection | None = None,
     ) -> list[Frame]:
+        await runtime.check_rate(ip, "poll")
         conversation = await runtime.conversations.conversation_for_token(params.token)
+        logs.bind(conversation_id=conversation.id)
+        await _check_origin(runtime, request, conversation.tenant)
         if runtime.draining:
             return [self._reconnect(runtime)]
         key = token_key(params.token)

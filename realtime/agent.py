@@ -9,6 +9,7 @@ from typing import Any
 
 from realtime import protocol
 from realtime.connection import Connection
+from warmline import logs
 from warmline.bus import channels
 from warmline.bus.base import Message
 from warmline.errors import BadRequest, Forbidden, Unauthorized
@@ -34,6 +35,11 @@ class AgentConnection(Connection):
             raise Unauthorized("unknown or revoked token")
         if agent.role != self.role:
             raise Forbidden(f"a {agent.role} token cannot open the {self.role} endpoint")
+        if frame.get("tenant") not in (None, agent.tenant):
+            raise Forbidden("this token belongs to another tenant")
+        if not await self.runtime.check_origin(self.ws, agent.tenant):
+            raise Forbidden("origin not allowed")
+        self.tenant = agent.tenant
         return agent
 
     async def handle(self, frame: Message, ref: str | None) -> None:
@@ -48,6 +54,7 @@ class AgentConnection(Connection):
         assert agent is not None
         service = self.runtime.conversations
         conversation_id = frame.get("conversation_id", "")
+        logs.bind(conversation_id=conversation_id or None)
         if kind == "presence":
             self.status = frame["status"]
             if frame.get("capacity") is not None:
@@ -67,12 +74,12 @@ class AgentConnection(Connection):
             await self.unfollow(conversation_id)
             self.ack(ref, of="unsubscribe", conversation_id=conversation_id)
         elif kind == "message":
-            self.runtime.check_rate(self, "message")
+            await self.runtime.check_rate(self, "message")
             event = await service.agent_message(agent, conversation_id, frame["id"], frame["text"])
             self.ack(ref, id=frame["id"], seq=event.seq, conversation_id=conversation_id)
         elif kind == "typing":
             await service.owned(agent, conversation_id)
-            if self.runtime.allow_typing(self):
+            if await self.runtime.allow_typing(self):
                 await service.typing(conversation_id, "agent", frame["on"], self.id, agent.name)
         elif kind == "resolve":
             await service.resolve(agent, conversation_id)

@@ -18,7 +18,7 @@ from starlette.websockets import WebSocket, WebSocketState
 from realtime import protocol
 from realtime.delivery import DELIVER, DROP, Resequencer
 from warmline.bus.base import Message, Subscriber, SubscriberOverflow
-from warmline.errors import BadRequest, TooLarge, Unauthorized, WarmlineError
+from warmline.errors import BadRequest, Forbidden, TooLarge, Unauthorized, WarmlineError
 from warmline.store.ids import new_id
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ REPLAY_PAGE = 500
 class Connection:
     role = "base"
     schema: dict[str, dict[str, protocol.Field]] = {}
+    tenant: str | None = None  # known once authenticated (customers: at hello)
 
     def __init__(self, websocket: WebSocket, runtime: Runtime) -> None:
         self.ws = websocket
@@ -60,9 +61,9 @@ class Connection:
         offered = list(self.ws.scope.get("subprotocols") or [])
         subprotocol = protocol.choose_subprotocol(offered)
         self.binary = subprotocol == protocol.MSGPACK_SUBPROTOCOL
-        if not await self.runtime.check_origin(self.ws):
-            await self.ws.close(code=CLOSE_POLICY, reason="origin not allowed")
+        if not await admit_websocket(self.runtime, self.ws):  # origin, per-address limit
             return
+        logs.bind(connection_id=self.id)
         await self.ws.accept(subprotocol=subprotocol)
         self.runtime.connections.add(self)
         self._writer_task = asyncio.create_task(self._writer(), name=f"writer:{self.id}")
@@ -95,6 +96,7 @@ class Connection:
         except Exception:
             log.exception("close hook of %s failed", self.id)
         self.runtime.connections.discard(self)
+        self.runtime.forget_limits(self.id)
         if self.ws.application_state == WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
                 await self.ws.close(code=CLOSE_NORMAL)
@@ -253,11 +255,14 @@ class Connection:
                 return
             self.last_received = time.monotonic()
             self.runtime.metrics_frame_in(self.role)
+            while (pause := self.runtime.limits.frame_wait(self.id)) > 0:
+                await asyncio.sleep(pause)  # a flood waits in its own TCP buffers, not ours
             text, data = message.get("text"), message.get("bytes")
             raw: str | bytes | None = text if text is not None else data
             if raw is None:
                 continue
             ref: str | None = None
+            kind: object = None
             try:
                 if protocol.frame_size(raw) > self.config.max_frame_bytes:
                     raise TooLarge(f"frame larger than {self.config.max_frame_bytes} bytes")
@@ -268,7 +273,9 @@ class Connection:
                         else "this connection speaks MessagePack (binary frames)"
                     )
                 frame = protocol.decode(raw, self.binary, self.config.max_frame_bytes)
+                require_utf8(frame, raw)
                 ref = protocol.ref_of(frame)
+                kind = frame.get("type")
                 protocol.validate(frame, self.schema, self.config.max_text_chars)
                 if not self.authenticated and frame["type"] not in ("hello", "ping"):
                     raise Unauthorized("say hello first")
@@ -278,6 +285,13 @@ class Connection:
                 self.reply_error(exc, None)
                 self.send({"type": "_close", "code": CLOSE_TOO_LARGE, "reason": "frame too large"})
                 return
+            except (Unauthorized, Forbidden) as exc:
+                self.reply_error(exc, ref)
+                if kind == "hello" and not self.authenticated:
+                    # Refused credentials end the connection (policy violation), after the
+                    # error frame that says why.
+                    self.send({"type": "_close", "code": CLOSE_POLICY, "reason": exc.code})
+                    return
             except WarmlineError as exc:
                 self.reply_error(exc, ref)
             except asyncio.CancelledError:

@@ -7,7 +7,8 @@ from typing import Any
 from realtime import protocol
 from realtime.connection import Connection
 from warmline.bus.base import Message
-from warmline.errors import BadRequest
+from warmline import logs
+from warmline.errors import BadRequest, Forbidden
 from warmline.models import Conversation
 
 
@@ -27,13 +28,13 @@ class CustomerConnection(Connection):
         else:
             assert self.conversation_id is not None
             if kind == "message":
-                self.runtime.check_rate(self, "message")
+                await self.runtime.check_rate(self, "message")
                 event = await service.customer_message(
                     self.conversation_id, frame["id"], frame["text"]
                 )
                 self.ack(ref, id=frame["id"], seq=event.seq)
             elif kind == "typing":
-                if self.runtime.allow_typing(self):
+                if await self.runtime.allow_typing(self):
                     await service.typing(self.conversation_id, "customer", frame["on"], self.id)
             elif kind == "request_human":
                 await service.request_human(self.conversation_id)
@@ -47,14 +48,19 @@ class CustomerConnection(Connection):
             raise BadRequest("this connection already has a conversation")
         service = self.runtime.conversations
         tenant = frame["tenant"]
+        if not await self.runtime.check_origin(self.ws, tenant):
+            raise Forbidden("origin not allowed")  # a failed hello closes with 1008
         token = frame.get("token")
         if token:
             conversation, token = await service.resume(tenant, token)
             last_seq = int(frame.get("last_seq") or 0)
         else:
+            await self.runtime.check_rate(self, "conversation", tenant)
             conversation, token = await service.start(tenant)
             last_seq = 0
         self.authenticated = True
+        self.tenant = conversation.tenant
+        logs.bind(conversation_id=conversation.id)
         self.conversation_id = conversation.id
         welcome: dict[str, Any] = {
             "type": "welcome",

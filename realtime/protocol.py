@@ -51,7 +51,13 @@ CUSTOMER_FRAMES: dict[str, dict[str, Field]] = {
 }
 
 AGENT_FRAMES: dict[str, dict[str, Field]] = {
-    "hello": {"token": Field(str, max_len=512)},
+    "hello": {
+        "token": Field(str, max_len=512),
+        # Optional: start in this presence at once, so no assignment races the first
+        # `presence` frame.
+        "status": Field(str, required=False, choices=("online", "away", "offline")),
+        "capacity": Field(int, required=False, min_value=0, max_value=100),
+    },
     "presence": {
         "status": Field(str, choices=("online", "away", "offline")),
         "capacity": Field(int, required=False, min_value=0, max_value=100),

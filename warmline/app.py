@@ -88,9 +88,21 @@ async def api_demo(request: Request) -> Response:
     )
 
 
+# The widget is embedded on tenants' own sites: its scripts are loaded cross-origin (as ES
+# modules, which browsers fetch in CORS mode). They carry no secrets, so any origin may load them.
+PUBLIC_ASSET_HEADERS = {"Cache-Control": "no-cache", "Access-Control-Allow-Origin": "*"}
+
+
+class PublicStaticFiles(StaticFiles):
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers.update(PUBLIC_ASSET_HEADERS)
+        return response
+
+
 def _page(name: str) -> Any:
     async def page(request: Request) -> Response:
-        return FileResponse(STATIC / name, headers={"Cache-Control": "no-cache"})
+        return FileResponse(STATIC / name, headers=PUBLIC_ASSET_HEADERS)
 
     return page
 
@@ -130,7 +142,7 @@ def create_app(config: Config | None = None) -> Starlette:
         Route("/agent", _page("agent.html")),
         Route("/supervisor", _page("supervisor.html")),
         Route("/widget.js", _page("widget.js")),
-        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        Mount("/static", PublicStaticFiles(directory=STATIC), name="static"),
     ]
     try:
         from fallback_longpoll.routes import routes as longpoll_routes

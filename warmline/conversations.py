@@ -216,13 +216,9 @@ class ConversationService:
 
     # Agent operations ----------------------------------------------------------------------
     async def agent_conversation(self, agent: Agent, conversation_id: str) -> Conversation:
-        try:
-            conversation = await self.store.get_conversation(conversation_id)
-        except NotFound:
-            raise
+        conversation = await self.store.get_conversation(conversation_id)
         if conversation.tenant != agent.tenant:
-            # Indistinguishable from a missing one: another tenant's ids are not confirmed.
-            raise NotFound("unknown conversation")
+            raise Forbidden("another tenant's conversation")
         return conversation
 
     async def owned(self, agent: Agent, conversation_id: str) -> Conversation:

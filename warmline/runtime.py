@@ -11,7 +11,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from starlette.websockets import WebSocket
+from starlette.requests import HTTPConnection
 
 from llm.base import Answerer
 from llm.factory import build_answerer
@@ -26,8 +26,10 @@ from warmline.bus.base import Bus
 from warmline.bus.memory import MemoryBus
 from warmline.config import Config
 from warmline.conversations import ConversationService
-from warmline.errors import RateLimited
+from warmline.errors import NotFound
+from warmline.limits import build_limits
 from warmline.models import Conversation, Event
+from warmline.origins import origin_allowed, same_origin
 from warmline.stats import StatsService
 from warmline.store import open_store
 from warmline.store.base import Store
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("warmline.runtime")
 
+# The defaults of Config.rate_message_* / rate_typing_* (per second, burst); Config rules.
 MESSAGE_RATE = (5.0, 20.0)  # per connection: 5 messages/s sustained, bursts of 20
 TYPING_RATE = (4.0, 8.0)
 
@@ -87,6 +90,7 @@ class Runtime:
         self.bus: Bus = self._build_bus()
         await self.bus.start()
         self.presence: PresenceBackend = self._build_presence()
+        self.limits = build_limits(config)  # operations and safety: rate limits, origin cache
         keys = [k.strip().encode() for k in config.secret_key.split(",") if k.strip()]
         keys.append(await self.store.secret("session-signing"))
         self.signer = SessionSigner(keys, config.token_ttl_s)
@@ -149,35 +153,55 @@ class Runtime:
             checks["reason"] = ", ".join(f"{k} {v}" for k, v in checks.items() if v != "ok")
         return ok, checks
 
-    # Policies used by the transports ---------------------------------------------------------
-    async def check_origin(self, websocket: WebSocket) -> bool:
-        """Browsers always send Origin; without an allow-list every origin is accepted."""
-        return True
+    # Policies used by the transports (owned by the operations-and-safety work) -------------
+    async def check_origin(self, request: HTTPConnection, tenant: str | None = None) -> bool:
+        """May this browser page act for `tenant`? (None: the tenant named in the URL, if any;
+        customers name theirs only in `hello`, so the transports ask again then.)
 
-    def _bucket(self, owner: str, kind: str) -> TokenBucket:
-        key = (owner, kind)
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            rate, burst = MESSAGE_RATE if kind == "message" else TYPING_RATE
-            bucket = self._buckets[key] = TokenBucket(rate, burst)
-        return bucket
+        Browsers always send Origin; without one it is not a browser, and without an
+        allow-list every origin is accepted. Pages this server serves itself always are.
+        """
+        origin = request.headers.get("origin")
+        tenant = tenant or request.query_params.get("tenant")
+        if origin is None or not tenant or same_origin(origin, request.headers.get("host")):
+            return True
+
+        async def load(tenant_id: str) -> tuple[str, ...]:
+            return (await self.store.get_tenant(tenant_id)).allowed_origins
+
+        try:
+            allowed = await self.limits.origins.get(tenant, load)
+        except NotFound:
+            return True  # the hello that follows fails with not_found on its own
+        if origin_allowed(allowed, origin):
+            return True
+        log.info("refused origin %r for tenant %s", origin[:100], tenant)
+        return False
+
+    def _bucket(self, subject: Connection | str) -> tuple[str, str | None, bool]:
+        """(bucket key, tenant, local?): a connection's own buckets stay on its node."""
+        if isinstance(subject, str):
+            return subject, None, False
+        return subject.id, subject.tenant, True
 
     def forget_limits(self, owner: str) -> None:
-        for kind in ("message", "typing"):
-            self._buckets.pop((owner, kind), None)
+        self.limits.forget_local(owner)
 
-    def check_rate(self, connection: Connection, kind: str) -> None:
-        wait = self._bucket(connection.id, kind).take(time.monotonic())
-        if wait > 0:
-            metrics.RATE_LIMITED.labels(kind).inc()
-            raise RateLimited("slow down", retry_after_s=round(wait, 3))
+    async def check_rate(
+        self, subject: Connection | str, kind: str, tenant: str | None = None
+    ) -> None:
+        """RateLimited with `retry_after_s` when over a limit.
 
-    def allow_typing(self, connection: Connection) -> bool:
+        `subject` is a connection (its own buckets, and its tenant's) or a key shared across
+        nodes: a long-polling conversation id, or a client address for `connect`/`poll`.
+        """
+        key, own_tenant, local = self._bucket(subject)
+        await self.limits.check(kind, key, tenant=tenant or own_tenant, local=local)
+
+    async def allow_typing(self, subject: Connection | str) -> bool:
         # Typing over the limit is dropped silently: it is ephemeral and the next one wins.
-        allowed = self._bucket(connection.id, "typing").take(time.monotonic()) == 0
-        if not allowed:
-            metrics.RATE_LIMITED.labels("typing").inc()
-        return allowed
+        key, _, local = self._bucket(subject)
+        return (await self.limits.take("typing", key, local=local)).allowed
 
     # Metrics hooks ---------------------------------------------------------------------------
     def metrics_slow_consumer(self) -> None:
@@ -196,6 +220,10 @@ class Runtime:
         ts = frame.get("ts")
         if isinstance(ts, float):
             metrics.DELIVERY_LATENCY.observe(max(time.time() - ts, 0.0))
+
+    def metrics_collect(self) -> None:
+        """Gauges read from state rather than counted as it happens; call before a scrape."""
+        metrics.BUS_RECONNECTS.set(getattr(self.bus, "reconnects", 0))
 
     async def _count_transition(self, conversation: Conversation, event: Event) -> None:
         source, target = event.data.get("from", ""), event.data.get("to", "")

@@ -151,22 +151,28 @@ async def test_msgpack_subprotocol(demo_server: ServerProcess) -> None:
 
 async def test_unknown_tenant_and_bad_token(demo_server: ServerProcess) -> None:
     client = await Client.connect(demo_server.ws_url())
+    error = await client.request({"type": "message", "id": "x", "text": "hi"})
+    assert error["code"] == "unauthorized"  # no hello yet: an error, the connection stays
     error = await client.request({"type": "hello", "tenant": "nope"})
     assert error["type"] == "error" and error["code"] == "not_found"
-    error = await client.request({"type": "hello", "tenant": "demo", "token": "forged.token"})
-    assert error["code"] == "unauthorized"
-    error = await client.request({"type": "message", "id": "x", "text": "hi"})
-    assert error["code"] == "unauthorized"  # no hello yet
     welcome = await client.request({"type": "hello", "tenant": "demo"})
     assert welcome["type"] == "welcome"
     await client.close()
 
+    # Refused credentials: an error that says why, then close 1008.
+    forged = await Client.connect(demo_server.ws_url())
+    error = await forged.request({"type": "hello", "tenant": "demo", "token": "forged.token"})
+    assert error["code"] == "unauthorized"
+    assert await forged.wait_closed() == 1008
+
     agent = await Client.connect(demo_server.ws_url("agent"))
     error = await agent.request({"type": "hello", "token": "wla_not_a_token"})
     assert error["code"] == "unauthorized"
+    assert await agent.wait_closed() == 1008
+    agent = await Client.connect(demo_server.ws_url("agent"))
     error = await agent.request({"type": "hello", "token": demo_server.supervisor_token})
     assert error["code"] == "forbidden"
-    await agent.close()
+    assert await agent.wait_closed() == 1008
 
 
 async def test_concurrent_customers_get_their_own_events(demo_server: ServerProcess) -> None:

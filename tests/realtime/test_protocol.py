@@ -73,6 +73,7 @@ OPTIONAL_VALUES: dict[str, Any] = {
     "comment": "great",
     "capacity": 3,
     "reason": "lunch",
+    "status": "online",
 }
 
 

@@ -21,6 +21,10 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-dev-shm-usage",
+    # the cross-origin embed test serves its host page through Playwright, which Chromium
+    # would otherwise treat as a public page reaching into loopback
+    "--disable-features=LocalNetworkAccessChecks,BlockInsecurePrivateNetworkRequests,"
+    "PrivateNetworkAccessSendPreflights",
 ]
 
 

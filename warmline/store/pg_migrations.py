@@ -78,8 +78,8 @@ MIGRATIONS: list[Migration] = [
             )""",
             "CREATE UNIQUE INDEX conversations_id ON conversations (id)",
             # The dispatcher's queue: small (only queued rows), in dispatch order.
-            "CREATE INDEX conversations_queue ON conversations (tenant, priority DESC, queued_at, id)"
-            " WHERE state = 'queued'",
+            "CREATE INDEX conversations_queue ON conversations "
+            "(tenant, priority DESC, queued_at, id) WHERE state = 'queued'",
             "CREATE INDEX conversations_owner ON conversations (tenant, agent_id, assigned_at)"
             " WHERE state = 'human'",
             "CREATE INDEX conversations_awaiting ON conversations (awaiting_agent_since)"

@@ -305,7 +305,8 @@ class PostgresStore(Store):
 
     async def schema_version(self) -> int:
         async with self._connection() as conn:
-            return int(await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations"))
+            version = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+        return int(version)
 
     # Plumbing ------------------------------------------------------------------------------
     @asynccontextmanager
@@ -376,7 +377,9 @@ class PostgresStore(Store):
 
     async def get_tenant(self, tenant_id: str) -> Tenant:
         async with self._connection() as conn:
-            row = await conn.fetchrow(f"SELECT {_TENANT_COLS} FROM tenants WHERE id = $1", tenant_id)
+            row = await conn.fetchrow(
+                f"SELECT {_TENANT_COLS} FROM tenants WHERE id = $1", tenant_id
+            )
         if row is None:
             raise NotFound(f"unknown tenant {tenant_id!r}")
         return _tenant(row)

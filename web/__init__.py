@@ -1,0 +1,1 @@
+"""The browser side: widget, dashboards and client library, served as static files."""
