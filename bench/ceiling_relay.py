@@ -136,9 +136,8 @@ class Relay:
         elif kind == "request_human":
             conversation.state = "queued"
             await self._reply(ws, {"type": "ack", "of": "request_human"}, ref)
-            await self._publish(
-                conversation, self._event(conversation, "state", to="queued", reason="request_human")
-            )
+            queued = self._event(conversation, "state", to="queued", reason="request_human")
+            await self._publish(conversation, queued)
         else:
             await self._reply(ws, _error("bad_request", f"unsupported frame {kind!r}"), ref)
 
@@ -151,7 +150,8 @@ class Relay:
             agent = {"id": f"a_{next(self._ids)}", "name": "Agent", "tenant": "demo"}
             state["agent"] = agent
             state["owned"] = []
-            await self._reply(ws, {"type": "welcome", "agent": agent, "queue": [], "assigned": []}, ref)
+            welcome = {"type": "welcome", "agent": agent, "queue": [], "assigned": []}
+            await self._reply(ws, welcome, ref)
         elif "agent" not in state:
             await self._reply(ws, _error("unauthorized", "say hello first"), ref)
         elif kind == "claim":
@@ -162,13 +162,15 @@ class Relay:
             conversation.state = "human"
             conversation.agents.add(ws)
             state["owned"].append(conversation)
-            await self._reply(ws, {"type": "ack", "of": "claim", "conversation_id": conversation.id}, ref)
-            await ws.send(dumps({"type": "assigned", "conversation_id": conversation.id,
-                                 "context": {"reason": "request_human", "transcript": []}}))
-            await self._publish(
-                conversation,
-                self._event(conversation, "state", to="human", reason="claimed", agent=state["agent"]),
+            ack = {"type": "ack", "of": "claim", "conversation_id": conversation.id}
+            await self._reply(ws, ack, ref)
+            context = {"reason": "request_human", "transcript": []}
+            assigned = {"type": "assigned", "conversation_id": conversation.id, "context": context}
+            await ws.send(dumps(assigned))
+            human = self._event(
+                conversation, "state", to="human", reason="claimed", agent=state["agent"]
             )
+            await self._publish(conversation, human)
         elif kind == "message":
             conversation = self.conversations.get(str(frame.get("conversation_id")))
             if conversation is None or ws not in conversation.agents:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from realtime import protocol
 from warmline.errors import BadRequest, TooLarge, Unauthorized
+from warmline.limits import require_utf8
 
 Frame = protocol.Frame
 
@@ -24,7 +25,9 @@ def parse_body(raw: bytes, max_bytes: int) -> Frame:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadRequest("the body must be UTF-8 JSON") from exc
-    return protocol.decode(text, False, max_bytes)
+    frame = protocol.decode(text, False, max_bytes)
+    require_utf8(frame, text)  # JSON escapes can still spell lone surrogates
+    return frame
 
 
 def check_frame(frame: Frame, max_text_chars: int) -> Frame:

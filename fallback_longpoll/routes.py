@@ -10,6 +10,7 @@ from starlette.routing import Route
 
 from fallback_longpoll.frames import parse_poll
 from fallback_longpoll.service import LongPoll, error_reply
+from warmline import logs
 from warmline.errors import WarmlineError
 from warmline.runtime import Runtime
 
@@ -69,14 +70,17 @@ def routes(service: LongPoll | None = None) -> list[Route]:
         if request.method == "OPTIONS":
             return await preflight(request)
         runtime = _runtime(request)
+        logs.bind(request_id=logs.request_id(request.headers.get("x-request-id")))
         body = await read_limited(request, runtime.config.max_frame_bytes)
-        status, replies = await longpoll.send(runtime, body, request.headers.get("authorization"))
+        authorization = request.headers.get("authorization")
+        status, replies = await longpoll.send(runtime, body, authorization, request)
         return _json(replies, status)
 
     async def poll(request: Request) -> Response:
         if request.method == "OPTIONS":
             return await preflight(request)
         runtime = _runtime(request)
+        logs.bind(request_id=logs.request_id(request.headers.get("x-request-id")))
         try:
             params = parse_poll(request.query_params, request.headers.get("authorization"))
         except WarmlineError as exc:
@@ -87,7 +91,8 @@ def routes(service: LongPoll | None = None) -> list[Route]:
             while (await request.receive())["type"] != "http.disconnect":
                 pass
 
-        status, body = await longpoll.poll(runtime, params, _client_ip(request), disconnected)
+        ip = _client_ip(request)
+        status, body = await longpoll.poll(runtime, params, ip, disconnected, request)
         return _json(body, status)
 
     return [

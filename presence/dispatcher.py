@@ -16,7 +16,8 @@ from typing import Any
 from presence.backend import PresenceBackend
 from presence.dispatch import AgentSlot, QueueItem, free_slots, plan
 from presence.eta import average_handle_time, estimate_wait
-from presence.table import AgentPresence
+from presence.table import STATUSES, AgentPresence
+from warmline import metrics
 from warmline.bus import channels
 from warmline.config import Config
 from warmline.conversations import ConversationService
@@ -193,7 +194,10 @@ class Dispatcher:
         """(agent queue items, per-conversation position frames)."""
         now = time.time()
         queued = await self.store.queued(tenant)
-        slots, _ = await self.online_slots(tenant, now)
+        metrics.QUEUE_DEPTH.labels(tenant).set(len(queued))
+        slots, present = await self.online_slots(tenant, now)
+        for status in STATUSES:  # agents by presence status, for /metrics
+            metrics.AGENTS.labels(tenant, status).set(sum(p.status == status for p in present))
         handle_time = average_handle_time(
             await self.store.recent_handle_times(tenant), self.config.default_handle_time_s
         )

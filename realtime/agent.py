@@ -8,11 +8,11 @@ import time
 from typing import Any
 
 from realtime import protocol
-from realtime.connection import Connection
+from realtime.connection import CLOSE_POLICY, Connection
 from warmline import logs
 from warmline.bus import channels
 from warmline.bus.base import Message
-from warmline.errors import BadRequest, Forbidden, Unauthorized
+from warmline.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from warmline.models import Agent
 
 DEFAULT_CAPACITY = 3
@@ -146,13 +146,38 @@ class AgentConnection(Connection):
             self.config.presence_ttl_s,
         )
 
+    async def on_resync(self) -> None:
+        # Presence in Redis does not survive a Redis restart: announce it again at once
+        # rather than at the next periodic refresh.
+        with contextlib.suppress(Exception):
+            await self._heartbeat()
+
     async def _refresh_presence(self) -> None:
         # Presence expires by TTL unless refreshed: a connection that is alive keeps it fresh.
         interval = max(self.config.presence_ttl_s / 3, 0.2)
         while True:
             await asyncio.sleep(interval)
+            if await self._revoked():
+                return
             with contextlib.suppress(Exception):
                 await self._heartbeat()
+
+    async def _revoked(self) -> bool:
+        """A token revoked after hello ends its live connections too (checked periodically):
+        send `unauthorized`, then close with 1008 as a refused hello does."""
+        if self.agent is None:
+            return False
+        try:
+            current: Agent | None = await self.runtime.store.get_agent(self.agent.id)
+        except NotFound:
+            current = None
+        except Exception:
+            return False  # a store hiccup is no reason to cut anyone off
+        if current is not None and not current.revoked:
+            return False
+        self.reply_error(Unauthorized("token revoked"), None)
+        self.send({"type": "_close", "code": CLOSE_POLICY, "reason": "token revoked"})
+        return True
 
     async def outgoing(self, message: Message) -> Message | None:
         kind = message.get("type")
@@ -209,6 +234,8 @@ class SupervisorConnection(AgentConnection):
         last: dict[str, Any] | None = None
         last_sent = 0.0
         while True:
+            if await self._revoked():  # one primary-key read per beat; supervisors are few
+                return
             try:
                 frame = await self.runtime.stats.snapshot(tenant, max_age_s=0.5)
             except asyncio.CancelledError:

@@ -17,8 +17,10 @@ from starlette.websockets import WebSocket, WebSocketState
 
 from realtime import protocol
 from realtime.delivery import DELIVER, DROP, Resequencer
+from warmline import logs
 from warmline.bus.base import Message, Subscriber, SubscriberOverflow
 from warmline.errors import BadRequest, Forbidden, TooLarge, Unauthorized, WarmlineError
+from warmline.limits import admit_websocket, require_utf8
 from warmline.store.ids import new_id
 
 if TYPE_CHECKING:
@@ -160,6 +162,7 @@ class Connection:
                 if kind == "_fill":
                     await self._fill(message["conversation_id"])
                 elif kind == "_resync":
+                    await self.on_resync()
                     for conversation_id in list(self.feeds):
                         await self._fill(conversation_id)
                 elif kind == "event":
@@ -255,8 +258,7 @@ class Connection:
                 return
             self.last_received = time.monotonic()
             self.runtime.metrics_frame_in(self.role)
-            while (pause := self.runtime.limits.frame_wait(self.id)) > 0:
-                await asyncio.sleep(pause)  # a flood waits in its own TCP buffers, not ours
+            await self.runtime.limits.pace(self.id)  # a flood waits in its own TCP buffers
             text, data = message.get("text"), message.get("bytes")
             raw: str | bytes | None = text if text is not None else data
             if raw is None:
@@ -321,4 +323,8 @@ class Connection:
         return None
 
     async def on_close(self) -> None:
+        return None
+
+    async def on_resync(self) -> None:
+        """The bus came back after an outage (agents re-announce their presence)."""
         return None

@@ -6,8 +6,8 @@ from typing import Any
 
 from realtime import protocol
 from realtime.connection import Connection
-from warmline.bus.base import Message
 from warmline import logs
+from warmline.bus.base import Message
 from warmline.errors import BadRequest, Forbidden
 from warmline.models import Conversation
 

@@ -15,6 +15,7 @@ from typing import Any
 from llm.base import Answerer, AnswerRequest, Turn
 from retrieval.base import RetrievalResult, Retriever
 from statemachine import policy
+from warmline import metrics
 from warmline.bus import channels
 from warmline.config import Config
 from warmline.conversations import ConversationService
@@ -100,7 +101,8 @@ class BotRunner:
         decision = policy.decide(conversation.state, text, None, threshold, previous_customer)
         result: RetrievalResult | None = None
         if decision.action == policy.ANSWER:
-            result = await self.retriever.search(conversation.tenant, text, k=5)
+            with metrics.RETRIEVAL_LATENCY.time():
+                result = await self.retriever.search(conversation.tenant, text, k=5)
             decision = policy.decide(
                 conversation.state, text, result.confidence, threshold, previous_customer
             )

@@ -35,6 +35,7 @@ def _run(db: str, fn: Callable[[Store], Awaitable[Any]]) -> Any:
 
 # serve ---------------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
+    from warmline.logs import configure_logging
     from warmline.server import serve
 
     config = Config.from_env(
@@ -44,6 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         redis_url=args.redis_url,
         demo=True if args.demo else None,
     )
+    configure_logging(config)
     demo = None
     if config.demo:
         from warmline.demo import seed_demo

@@ -15,6 +15,7 @@ from typing import Any
 from statemachine.machine import next_state
 from warmline.bus import channels
 from warmline.bus.base import Bus, Message
+from warmline.bus.republish import Republisher
 from warmline.errors import Conflict, Forbidden, InvalidTransition, NotFound, Unavailable
 from warmline.models import Agent, Conversation, Event
 from warmline.store.base import MessageRequest, Store, TransitionRequest
@@ -39,6 +40,7 @@ class ConversationService:
         self.store = store
         self.bus = bus
         self.signer = signer
+        self.republisher: Republisher | None = None
         self.state_hooks: list[ChangeHook] = []
         self.customer_message_hooks: list[MessageHook] = []
 
@@ -52,6 +54,8 @@ class ConversationService:
             await self.bus.publish(channel, message)
         except Unavailable:
             log.warning("bus unavailable; %s will be delivered on resync", channel)
+            if self.republisher is not None:
+                self.republisher.add(channel, message)
 
     # Sessions ------------------------------------------------------------------------------
     async def start(self, tenant: str) -> tuple[Conversation, str]:

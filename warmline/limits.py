@@ -50,6 +50,7 @@ LOCAL_KINDS = frozenset({"frame", "message", "typing"})
 MAX_LOCAL_BUCKETS = 200_000
 REDIS_PREFIX = "warmline:rl"
 FAIL_OPEN_LOG_EVERY_S = 10.0
+MAX_FRAME_PAUSE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -323,7 +324,7 @@ class Limits:
         origin_cache_s: float = 5.0,
     ) -> None:
         self.policy = policy
-        self.local = local or MemoryLimiter()
+        self.local = local if local is not None else MemoryLimiter()  # empty is falsy
         self.shared = shared
         self.origins = OriginCache(origin_cache_s)
 
@@ -354,17 +355,29 @@ class Limits:
         decision = await self.take(kind, key, tenant=tenant, local=local)
         if not decision.allowed:
             retry = decision.wait_s if math.isfinite(decision.wait_s) else 3600.0
-            raise RateLimited(_MESSAGES.get(decision.kind, "slow down"), retry_after_s=round(retry, 3))
+            message = _MESSAGES.get(decision.kind, "slow down")
+            raise RateLimited(message, retry_after_s=round(retry, 3))
 
     def frame_wait(self, connection_id: str) -> float:
-        """Seconds to stop reading a WebSocket before its next frame; 0.0 takes a token."""
+        """Seconds to stop reading a WebSocket before its next frame; 0.0 took a token."""
         rate = self.policy.rates.get("frame")
         if rate is None:
             return 0.0
         decision = self.local.take_now([BucketRef("frame", connection_id, rate)])
-        if not decision.allowed:
-            metrics.RATE_LIMITED.labels("frame").inc()
-        return min(decision.wait_s, 60.0)
+        return min(decision.wait_s, MAX_FRAME_PAUSE_S)
+
+    async def pace(self, connection_id: str) -> None:
+        """Before handling a WebSocket frame: wait until the connection's frame budget has a
+        token. The reader is what waits, so a flooding client's frames queue up in its own
+        socket buffers (TCP pushes back on it) instead of costing the loop any work."""
+        wait = self.frame_wait(connection_id)
+        if wait <= 0:
+            return
+        metrics.RATE_LIMITED.labels("frame").inc()
+        while wait > 0:
+            # Pacing by the bucket's own arithmetic: there is no event to wait for.
+            await asyncio.sleep(wait)
+            wait = self.frame_wait(connection_id)
 
     def forget_local(self, key: str) -> None:
         self.local.forget_now(

@@ -24,6 +24,7 @@ from warmline import metrics
 from warmline.bot import BotRunner
 from warmline.bus.base import Bus
 from warmline.bus.memory import MemoryBus
+from warmline.bus.republish import Republisher
 from warmline.config import Config
 from warmline.conversations import ConversationService
 from warmline.errors import NotFound
@@ -95,6 +96,10 @@ class Runtime:
         keys.append(await self.store.secret("session-signing"))
         self.signer = SessionSigner(keys, config.token_ttl_s)
         self.conversations = ConversationService(self.store, self.bus, self.signer)
+        self.republisher = Republisher(self.bus)
+        self.republisher.start()
+        self.conversations.republisher = self.republisher
+        metrics.BUS_RECONNECTS.set_function(lambda: float(getattr(self.bus, "reconnects", 0)))
         self.conversations.state_hooks.append(self._count_transition)
         self.retriever: Retriever = build_retriever(config, self.store)
         self.answerer: Answerer = build_answerer(config)
@@ -130,6 +135,7 @@ class Runtime:
         await self.retriever.close()
         await self.answerer.close()
         await self.presence.close()
+        await self.republisher.close()
         await self.bus.close()
         await self.store.close()
 

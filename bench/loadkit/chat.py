@@ -53,6 +53,7 @@ class ChatOptions:
     p99_limit_ms: float = 1000.0
     setup_concurrency: int = 25
     heartbeat_s: float = 10.0
+    start_margin_s: float = 0.5  # for the step command to reach every worker
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -164,7 +165,8 @@ class Worker:
             conversation_id = welcome["conversation_id"]
             human = customer.expect(is_state("human"))
             assigned = agent.expect(
-                lambda f: f.get("type") == "assigned" and f.get("conversation_id") == conversation_id
+                lambda f: f.get("type") == "assigned"
+                and f.get("conversation_id") == conversation_id
             )
             ack = await customer.request({"type": "request_human"})
             if ack.get("type") != "ack":
@@ -308,7 +310,7 @@ class StepRunner:
                 }
                 for t in per_worker
             ],
-            timeout=120 + count * 0.2,
+            timeout_s=120 + count * 0.2,
         )
         failed = sum(r["failed"] for r in results)
         if failed:
@@ -320,13 +322,15 @@ class StepRunner:
             f"(+{count} in {time.monotonic() - started:.1f} s)"
         )
 
-    async def step(self, target_per_s: float, measure_s: float, label: str = "step") -> dict[str, Any]:
+    async def step(
+        self, target_per_s: float, measure_s: float, label: str = "step"
+    ) -> dict[str, Any]:
         options = self.options
         conversations, rate = plan_step(target_per_s, options.max_rate_per_side)
         await self.ensure_pairs(conversations)
         self.step_no += 1
         active = split_evenly(conversations, self.workers.count)
-        start_at = time.monotonic() + 0.5
+        start_at = time.monotonic() + options.start_margin_s
         t_from = start_at + options.warmup_s
         pids = self.rig.pids()
         pids.update({f"client{i}": pid for i, pid in enumerate(self.workers.pids)})
@@ -354,7 +358,7 @@ class StepRunner:
                     }
                     for a in active
                 ],
-                timeout=options.warmup_s + measure_s + options.drain_s + 60,
+                timeout_s=options.warmup_s + measure_s + options.drain_s + 60,
             )
         finally:
             cpu = await cpu_task
@@ -493,6 +497,7 @@ def chat_headline(result: dict[str, Any]) -> dict[str, float]:
         "warmline_probe_server_cpu_percent": warmline["probes"][0]["cpu_percent"].get(
             "node0", math.nan
         ),
+        "other_processes_cpu_percent": _others(result),
     }
     ceiling = result.get("ceiling")
     if ceiling is not None:
@@ -523,4 +528,17 @@ def nodes_headline(result: dict[str, Any]) -> dict[str, float]:
         "cross_probe_p50_ms": _probe_p(cross, 0, "p50"),
         "cross_probe_p99_ms": cross_p99,
         "cross_over_single_p99": cross_p99 / single_p99 if single_p99 else math.nan,
+        "other_processes_cpu_percent": _others(result),
     }
+
+
+def _others(result: dict[str, Any]) -> float:
+    """Mean CPU of processes not ours during the steps: how shared the machine was."""
+    values = [
+        step["cpu_percent"].get("others", math.nan)
+        for topology in result.values()
+        if isinstance(topology, dict) and "steps" in topology
+        for step in topology["steps"] + topology["probes"]
+    ]
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else math.nan

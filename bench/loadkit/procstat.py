@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import resource
@@ -40,24 +41,59 @@ def cpu_seconds(pid: int) -> float:
     return parse_stat_cpu_ticks(Path(f"/proc/{pid}/stat").read_text()) / CLOCK_TICKS
 
 
+def parse_machine_busy_ticks(text: str) -> int:
+    """Busy clock ticks of all cores from the `cpu` line of /proc/stat (idle, iowait out)."""
+    fields = [int(x) for x in text.splitlines()[0].split()[1:]]
+    return sum(fields[:8]) - fields[3] - fields[4]
+
+
+def machine_busy_seconds() -> float:
+    return parse_machine_busy_ticks(Path("/proc/stat").read_text()) / CLOCK_TICKS
+
+
 class CpuMeter:
-    """CPU use of named processes over a window, in percent of one core."""
+    """CPU use of named processes over a window, in percent of one core, plus `machine`
+    (every process on the box) and `others` (machine minus ours: the background load of a
+    shared machine, which the numbers must be read against)."""
 
     def __init__(self, pids: Mapping[str, int]) -> None:
         self.pids = dict(pids)
         self._start: dict[str, float] = {}
+        self._machine = 0.0
         self._t0 = 0.0
 
     def start(self) -> None:
         self._t0 = time.monotonic()
+        self._machine = machine_busy_seconds()
         self._start = {name: _cpu_or_nan(pid) for name, pid in self.pids.items()}
 
     def stop(self) -> dict[str, float]:
         elapsed = max(time.monotonic() - self._t0, 1e-9)
-        return {
-            name: round(100.0 * (_cpu_or_nan(pid) - self._start[name]) / elapsed, 1)
+        used = {
+            name: 100.0 * (_cpu_or_nan(pid) - self._start[name]) / elapsed
             for name, pid in self.pids.items()
         }
+        machine = 100.0 * (machine_busy_seconds() - self._machine) / elapsed
+        ours = sum(v for v in used.values() if v == v)  # NaN != NaN: skip dead processes
+        used["machine"] = machine
+        used["others"] = max(machine - ours, 0.0)
+        return {name: round(value, 1) for name, value in used.items()}
+
+
+async def wait_for_quiet(
+    below_percent: float, window_s: float = 3.0, timeout_s: float = 600.0
+) -> tuple[float, float]:
+    """On a shared machine, wait (bounded) until everything else running uses less than
+    `below_percent` (of one core) over a window; (busy percent last seen, seconds waited)."""
+    started = time.monotonic()
+    busy = float("nan")
+    while time.monotonic() - started < timeout_s:
+        before = machine_busy_seconds()
+        await asyncio.sleep(window_s)
+        busy = 100.0 * (machine_busy_seconds() - before) / window_s
+        if busy < below_percent:
+            break
+    return busy, time.monotonic() - started
 
 
 def _cpu_or_nan(pid: int) -> float:

@@ -34,7 +34,7 @@ class Workers(Protocol):
     pids: list[int]
 
     async def call(
-        self, command: str, args: Args | Sequence[Args], timeout: float
+        self, command: str, args: Args | Sequence[Args], timeout_s: float
     ) -> list[Any]: ...
 
     async def close(self) -> None: ...
@@ -68,14 +68,12 @@ class InlineWorkers:
         self.pids: list[int] = []
         self._workers = [_make_worker(module, i) for i in range(count)]
 
-    async def call(self, command: str, args: Args | Sequence[Args], timeout: float) -> list[Any]:
+    async def call(
+        self, command: str, args: Args | Sequence[Args], timeout_s: float
+    ) -> list[Any]:
         per = _per_worker(args, self.count)
-        return list(
-            await asyncio.wait_for(
-                asyncio.gather(*(_run_command(w, command, a) for w, a in zip(self._workers, per))),
-                timeout,
-            )
-        )
+        calls = (_run_command(w, command, a) for w, a in zip(self._workers, per, strict=True))
+        return list(await asyncio.wait_for(asyncio.gather(*calls), timeout_s))
 
     async def close(self) -> None:
         for worker in self._workers:
@@ -101,20 +99,24 @@ class ProcessWorkers:
             self._procs.append(proc)
         self.pids = [int(p.pid) for p in self._procs]
 
-    async def _call_one(self, pipe: Connection, command: str, args: Args, timeout: float) -> Any:
+    async def _call_one(
+        self, pipe: Connection, command: str, args: Args, timeout_s: float
+    ) -> Any:
         pipe.send({"cmd": command, "args": args})
-        reply = await asyncio.wait_for(asyncio.to_thread(pipe.recv), timeout)
+        reply = await asyncio.wait_for(asyncio.to_thread(pipe.recv), timeout_s)
         if not reply["ok"]:
             raise WorkerError(f"worker command {command!r} failed:\n{reply['error']}")
         return reply["result"]
 
-    async def call(self, command: str, args: Args | Sequence[Args], timeout: float) -> list[Any]:
+    async def call(
+        self, command: str, args: Args | Sequence[Args], timeout_s: float
+    ) -> list[Any]:
         per = _per_worker(args, self.count)
-        return list(
-            await asyncio.gather(
-                *(self._call_one(p, command, a, timeout) for p, a in zip(self._pipes, per))
-            )
+        calls = (
+            self._call_one(p, command, a, timeout_s)
+            for p, a in zip(self._pipes, per, strict=True)
         )
+        return list(await asyncio.gather(*calls))
 
     async def close(self) -> None:
         for pipe in self._pipes:

@@ -30,7 +30,7 @@ class PeerClosed(ConnectionError):
     pass
 
 
-async def open_socket(url: str, timeout: float = 30.0) -> ClientConnection:
+async def open_socket(url: str, timeout_s: float = 30.0) -> ClientConnection:
     # No compression (nor on the ceiling relay): both sides of the comparison pay the same.
     # No client keepalive pings: the server pings, and the application heartbeat is ours.
     return await websockets.connect(
@@ -39,7 +39,7 @@ async def open_socket(url: str, timeout: float = 30.0) -> ClientConnection:
         max_size=None,
         max_queue=None,
         ping_interval=None,
-        open_timeout=timeout,
+        open_timeout=timeout_s,
         close_timeout=2,
     )
 
@@ -64,8 +64,10 @@ class Peer:
         self._reader = asyncio.create_task(self._read(), name="peer-reader")
 
     @classmethod
-    async def open(cls, url: str, on_frame: FrameHook | None = None, timeout: float = 30.0) -> Peer:
-        return cls(await open_socket(url, timeout), on_frame)
+    async def open(
+        cls, url: str, on_frame: FrameHook | None = None, timeout_s: float = 30.0
+    ) -> Peer:
+        return cls(await open_socket(url, timeout_s), on_frame)
 
     async def _read(self) -> None:
         try:
@@ -109,7 +111,7 @@ class Peer:
     async def send(self, frame: Frame) -> None:
         await self.ws.send(encode(frame))
 
-    async def request(self, frame: Frame, timeout: float = 30.0) -> Frame:
+    async def request(self, frame: Frame, timeout_s: float = 30.0) -> Frame:
         """Send with a fresh ref; the welcome/ack/error/pong that echoes it."""
         ref = f"r{next(_refs)}"
         frame["ref"] = ref
@@ -117,7 +119,7 @@ class Peer:
         self._pending[ref] = future
         try:
             await self.send(frame)
-            return await asyncio.wait_for(future, timeout)
+            return await asyncio.wait_for(future, timeout_s)
         finally:
             self._pending.pop(ref, None)
 

@@ -55,6 +55,7 @@ def test_parse_url_takes_pool_settings_out_of_the_query() -> None:
     plain = parse_url("postgresql://db/wl")
     assert (plain.dsn, plain.min_size, plain.max_size) == ("postgresql://db/wl", 1, 10)
     assert parse_url("postgres://db/wl?pool_min_size=12").max_size == 12
+    assert parse_url("postgres://db/wl?statement_cache_size=0").statement_cache_size == 0
     for bad in ("pool_max_size=x", "pool_max_size=0", "pool_min_size=5&pool_max_size=2"):
         with pytest.raises(BadRequest):
             parse_url(f"postgresql://db/wl?{bad}")
@@ -131,17 +132,19 @@ async def test_keyed_locks_are_fifo_per_key_and_cleaned_up() -> None:
     locks = KeyedLocks()
     order: list[str] = []
     release = asyncio.Event()
+    other_key_ran = asyncio.Event()
 
     async def work(key: str, name: str) -> None:
         async with locks.hold(key):
             order.append(name)
             if name == "a1":
                 await release.wait()
+            if key == "b":
+                other_key_ran.set()
 
     tasks = [asyncio.create_task(work(k, n))
              for k, n in (("a", "a1"), ("a", "a2"), ("b", "b1"), ("a", "a3"))]
-    while "b1" not in order:  # another key is not held up by "a"
-        await asyncio.sleep(0)
+    await asyncio.wait_for(other_key_ran.wait(), 5)  # another key is not held up by "a"
     assert order == ["a1", "b1"]
     release.set()
     await asyncio.gather(*tasks)
@@ -351,7 +354,7 @@ async def test_writers_on_two_nodes_and_another_process_keep_seq_gap_free(
         *(writer(store, f"{label}{w}") for w in range(6) for label, store in (("a", a), ("b", b))),
         *(flipper(store, c) for c in ids for store in (a, b)),
     )
-    out, err = await process.communicate()
+    _, err = await process.communicate()
     assert process.returncode == 0, err.decode()
     transitions = sum(r for r in results if isinstance(r, int))
 
@@ -591,3 +594,42 @@ async def test_ordering_is_bytewise_like_sqlite(pg: PostgresEnv) -> None:
         await store.add_agent(tenant_id, name)
     assert [a.name for a in await store.list_agents(tenant_id)] == sorted(
         ["bob", "Zed", "_x", "alice", "Émile"])
+
+
+async def test_resends_queued_on_a_locked_conversation_store_once(pg: PostgresEnv) -> None:
+    # Both nodes' statements wait on the same row lock; the second runs with a snapshot taken
+    # before the first committed, so only the unique index can tell it the message is stored.
+    a, b = await node(pg), await node(pg)
+    tenant_id = await new_tenant(a)
+    c = await a.create_conversation(tenant_id)
+    blocker = await raw(pg)
+    try:
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", c.id)
+        first = asyncio.create_task(a.append_message(MessageRequest(c.id, "k", CUSTOMER, "hi")))
+        await waiting_backends(blocker, pg.database, 1)
+        second = asyncio.create_task(b.append_message(MessageRequest(c.id, "k", CUSTOMER, "hi")))
+        await waiting_backends(blocker, pg.database, 2)
+        await transaction.commit()
+    finally:
+        await blocker.close()
+    (event_a, created_a), (event_b, created_b) = await asyncio.gather(first, second)
+    assert (created_a, created_b) == (True, False)
+    assert event_a == event_b and event_a.seq == 1
+    assert await seqs(a, c.id) == [1]
+    assert (await a.get_conversation(c.id)).last_seq == 1
+
+
+async def waiting_backends(conn: asyncpg.Connection, database: str, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        waiting = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND "
+            "application_name = 'warmline' AND wait_event_type = 'Lock'",
+            database,
+        )
+        if waiting >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"fewer than {count} store connections waited on the lock")

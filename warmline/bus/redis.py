@@ -134,7 +134,6 @@ class RedisBus(Bus):
         self.node_id = node_id or uuid.uuid4().hex[:12]
         self.probe_channel = PROBE_PREFIX + self.node_id
         self.reconnects = 0
-        self._url = url
         self._probe_interval = probe_interval_s
         self._probe_timeout = probe_timeout_s
         self._op_timeout = op_timeout_s
@@ -156,14 +155,16 @@ class RedisBus(Bus):
         # Only a factory for the pub/sub connection. No read timeout on it (channels may be
         # idle for hours; the probe watches it), RESP2 so pushes are plain replies, and no
         # retries: every failure must reach our session loop.
-        self._sub_pool = ConnectionPool.from_url(
-            url,
-            socket_timeout=None,
-            socket_connect_timeout=connect_timeout_s,
-            retry=Retry(NoBackoff(), 0),
-            protocol=2,
-            client_name=f"warmline-bus-{self.node_id}",
-        )
+        sub_options: dict[str, Any] = {
+            "socket_timeout": None,
+            "socket_connect_timeout": connect_timeout_s,
+            "retry": Retry(NoBackoff(), 0),
+            "protocol": 2,
+            "client_name": f"warmline-bus-{self.node_id}",
+        }
+        self._sub_pool = ConnectionPool.from_url(url, **sub_options)
+        # Options in the URL's query string win in from_url; these must not be overridden.
+        self._sub_pool.connection_kwargs.update(sub_options)
         self._local: dict[str, set[Subscriber]] = {}
         self._lock = asyncio.Lock()  # orders (UN)SUBSCRIBE decisions with their sends
         self._session: _Session | None = None

@@ -4,12 +4,16 @@ Nodes on different hosts share one database server, so the guarantees SQLite get
 single writer come from the database itself:
 
 - gap-free `seq` per conversation: an append bumps `conversations.last_seq` with
-  `UPDATE … RETURNING` inside its transaction, which row-locks the conversation until commit;
-  writers on other nodes wait on that lock, and a rolled-back append gives its number back.
-- idempotent messages: under that same lock the append looks for the client key first (a
-  concurrent resend that committed while we waited is visible then, READ COMMITTED takes a new
-  snapshot per statement); the unique index on (tenant, conversation_id, client_key) backs it
-  up, and a violation of it answers with the stored event.
+  `UPDATE … RETURNING` in the same transaction that inserts the event, which row-locks the
+  conversation until commit; writers on other nodes wait on that lock, and a rolled-back
+  append gives its number back. Append and transition are each ONE statement (data-modifying
+  CTEs, see append_sql/transition_sql): one round trip, and the row lock is held inside the
+  server for that statement and its commit, never across the network.
+- idempotent messages: the append's UPDATE matches nothing when the client key is already
+  stored, and then nothing is written. A resend that another node committed while this one
+  waited on the row lock is invisible to this statement's snapshot, but the unique index on
+  (tenant, conversation_id, client_key) refuses the duplicate, the statement (seq bump
+  included) rolls back, and the stored event is the answer.
 - compare-and-set transitions: `UPDATE conversations … WHERE id = $1 AND version = $2 AND
   state = $3`; a loser's update matches no row (PostgreSQL re-checks the condition on the row
   the winner committed), so exactly one of any number of racing claims wins.
@@ -23,16 +27,23 @@ Writes within this process are also ordered per conversation (a FIFO lock per co
 id), so concurrent calls land in the order they were made, as with SQLite's single writer,
 and one busy conversation holds at most one pool connection instead of a pile of connections
 waiting on its row lock. Group commit is SQLite's concern; here every write is one short
-transaction and the pool gives concurrency.
+transaction and the pool gives concurrency (the server batches concurrent commits' WAL
+flushes by itself).
 
 Errors map as in the SQLite store: NotFound, Conflict, BadRequest; anything the server or the
 network refuses (connection lost, server down or restarting, timeouts, too many connections,
 a constraint no caller anticipated) is Unavailable.
+
+The URL may carry pool settings (`pool_min_size`, `pool_max_size`, `connect_timeout`,
+`command_timeout`, `statement_cache_size`, see parse_url) and any server setting, which
+asyncpg sends at connect (`?synchronous_commit=off` trades the last few commits on a server
+crash for fewer fsyncs).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import secrets
@@ -70,6 +81,8 @@ class PoolOptions:
     max_size: int = 10
     connect_timeout_s: float = 10.0
     command_timeout_s: float = 30.0
+    # 0 turns asyncpg's prepared-statement cache off, as PgBouncer in transaction mode needs.
+    statement_cache_size: int = 100
 
 
 _POOL_PARAMS = {
@@ -77,11 +90,13 @@ _POOL_PARAMS = {
     "pool_max_size": "max_size",
     "connect_timeout": "connect_timeout_s",
     "command_timeout": "command_timeout_s",
+    "statement_cache_size": "statement_cache_size",
 }
 
 
 def parse_url(url: str) -> PoolOptions:
-    """Split Warmline's pool settings out of the URL's query; the rest goes to the server.
+    """Split Warmline's connection settings out of the URL's query; the rest goes to asyncpg
+    (libpq parameters such as `sslmode`, and server settings such as `synchronous_commit`).
 
     `postgresql://u@db/warmline?pool_max_size=20&command_timeout=10&sslmode=require` gives
     a pool of at most 20 connections and 10 s statements, and libpq's `sslmode` to asyncpg.
@@ -98,7 +113,7 @@ def parse_url(url: str) -> PoolOptions:
             number = float(value) if field.endswith("_s") else int(value)
         except ValueError as exc:
             raise BadRequest(f"{key} must be a number, not {value!r}") from exc
-        if number <= 0:
+        if number < 0 or (number == 0 and field != "statement_cache_size"):
             raise BadRequest(f"{key} must be positive")
         options[field] = number
     min_size = int(options.get("min_size", 1))
@@ -112,6 +127,7 @@ def parse_url(url: str) -> PoolOptions:
         max_size,
         float(options.get("connect_timeout_s", 10.0)),
         float(options.get("command_timeout_s", 30.0)),
+        int(options.get("statement_cache_size", 100)),
     )
 
 
@@ -225,6 +241,63 @@ def preview_of(text: str) -> str:
     return text[:PREVIEW_CHARS].replace("\x00", "")
 
 
+@functools.cache
+def append_sql(role: str) -> str:
+    """One statement appends a message: its own transaction, one round trip.
+
+    The UPDATE takes the next seq and row-locks the conversation; it matches nothing when the
+    conversation refuses the message (state, owner) or already holds this client key, and then
+    nothing is written. The lock is held inside the server for one statement and its commit,
+    never across a network round trip, so nodes far from the database still take turns on a
+    busy conversation quickly.
+    """
+    extra = ""
+    if role == "customer":
+        # The reply clock starts with the first unanswered customer message.
+        extra = (
+            ", awaiting_agent_since = CASE WHEN state = 'human' "
+            "THEN COALESCE(awaiting_agent_since, $2) ELSE awaiting_agent_since END"
+            ", preview = $7"
+        )
+    elif role == "agent":
+        extra = ", awaiting_agent_since = NULL"
+    return (
+        "WITH bumped AS ("
+        f"UPDATE conversations SET last_seq = last_seq + 1, updated_at = $2{extra} "
+        "WHERE id = $1 "
+        "AND ($4::text[] IS NULL OR state = ANY ($4::text[])) "
+        "AND ($5::text IS NULL OR (state = 'human' AND agent_id = $5::text)) "
+        "AND ($3::text IS NULL OR NOT EXISTS (SELECT 1 FROM events e "
+        "WHERE e.tenant = conversations.tenant AND e.conversation_id = $1 "
+        "AND e.client_key = $3::text)) "
+        "RETURNING tenant, last_seq) "
+        "INSERT INTO events (tenant, conversation_id, seq, ts, kind, client_key, data) "
+        "SELECT tenant, $1, last_seq, $2, 'message', $3, $6::json FROM bumped RETURNING seq"
+    )
+
+
+@functools.cache
+def transition_sql(columns: tuple[str, ...]) -> str:
+    """One statement applies a transition: compare-and-set, state event, handle time.
+
+    $1 id, $2 expected version, $3 expected state, $4 now, $5 event json, $6 the agent who
+    held it, $7 handle time (NULL unless a human resolution), $8… the columns' new values.
+    A racing writer that committed first leaves the WHERE matching nothing (PostgreSQL
+    re-checks it against the committed row), so nothing at all is written.
+    """
+    assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(columns, start=8))
+    return (
+        f"WITH updated AS (UPDATE conversations SET {assignments}, last_seq = last_seq + 1 "
+        f"WHERE id = $1 AND version = $2 AND state = $3 RETURNING {_CONV_COLS}), "
+        "event AS (INSERT INTO events (tenant, conversation_id, seq, ts, kind, client_key, "
+        "data) SELECT tenant, id, last_seq, $4, 'state', NULL, $5::json FROM updated), "
+        "handled AS (INSERT INTO handle_times (tenant, conversation_id, seq, agent_id, seconds, "
+        "resolved_at) SELECT tenant, id, last_seq, $6::text, $7::double precision, $4 "
+        "FROM updated WHERE $7::double precision IS NOT NULL) "
+        "SELECT * FROM updated"
+    )
+
+
 class KeyedLocks:
     """FIFO asyncio locks per key, dropped once nobody holds or waits for them."""
 
@@ -270,6 +343,7 @@ class PostgresStore(Store):
                 max_size=options.max_size,
                 timeout=options.connect_timeout_s,
                 command_timeout=options.command_timeout_s,
+                statement_cache_size=options.statement_cache_size,
                 server_settings={"application_name": "warmline"},
                 reset=_keep_session,
             )
@@ -483,6 +557,7 @@ class PostgresStore(Store):
             return await _conversation_row(conn, conversation_id)
 
     async def append_message(self, request: MessageRequest) -> tuple[Event, bool]:
+        cid = request.conversation_id
         key = client_key(dict(request.author), request.client_id) if request.client_id else None
         message_id = (
             f"m_{request.client_id}"
@@ -490,80 +565,55 @@ class PostgresStore(Store):
             else new_id("m")
         )
         role = request.author.get("role")
-        extra_sql = ""
-        if role == "customer":
-            # The reply clock starts with the first unanswered customer message.
-            extra_sql = (
-                ", awaiting_agent_since = CASE WHEN state = 'human' "
-                "THEN COALESCE(awaiting_agent_since, $2) ELSE awaiting_agent_since END"
-                ", preview = $3"
-            )
-        elif role == "agent":
-            extra_sql = ", awaiting_agent_since = NULL"
-        bump_sql = (
-            f"UPDATE conversations SET last_seq = last_seq + 1, updated_at = $2{extra_sql} "
-            "WHERE id = $1 RETURNING tenant, state, agent_id, last_seq"
-        )
+        data = message_event_data(request, message_id)
+        payload = json.dumps(data)
+        allowed = sorted(request.allowed_states) if request.allowed_states is not None else None
+        sql = append_sql(str(role))
 
-        async def op(conn: asyncpg.Connection) -> tuple[Event, bool]:
-            now = time.time()
-            args: list[Any] = [request.conversation_id, now]
-            if role == "customer":
-                args.append(preview_of(request.text))
-            # Taking the next seq row-locks the conversation until commit: every other
-            # writer of this conversation, on any node, waits here.
-            bumped = await conn.fetchrow(bump_sql, *args)
-            if bumped is None:
-                raise NotFound("unknown conversation")
-            tenant = bumped["tenant"]
-            if key is not None:
-                stored = await _event_by_key(conn, tenant, request.conversation_id, key)
-                if stored is not None:
-                    raise _Resent(stored)
-            refused = refusal(request, bumped["state"], bumped["agent_id"])
-            if refused is not None:
-                raise refused
-            seq = int(bumped["last_seq"])
-            data = message_event_data(request, message_id)
-            await conn.execute(
-                "INSERT INTO events (tenant, conversation_id, seq, ts, kind, client_key, data) "
-                "VALUES ($1, $2, $3, $4, 'message', $5, $6::json)",
-                tenant,
-                request.conversation_id,
-                seq,
-                now,
-                key,
-                json.dumps(data),
-            )
-            return Event(request.conversation_id, seq, now, "message", data), True
-
-        async with self._conversation_locks.hold(request.conversation_id):
-            try:
-                return await self._transaction(op)
-            except _Resent as resent:  # raised inside: the transaction rolled the bump back
-                return resent.event, False
-            except Unavailable as exc:
-                # Only a writer that skipped the row lock could get here; the stored event
-                # is still the answer to a resend.
-                if key is None or not isinstance(exc.__cause__, asyncpg.UniqueViolationError):
-                    raise
-                async with self._connection() as conn:
-                    stored = await _event_by_key(conn, None, request.conversation_id, key)
-                if stored is None:
-                    raise
-                return stored, False
+        async with self._conversation_locks.hold(cid):
+            for _ in range(MAX_ATTEMPTS):
+                now = time.time()
+                args: list[Any] = [cid, now, key, allowed, request.owner_agent_id, payload]
+                if role == "customer":
+                    args.append(preview_of(request.text))
+                try:
+                    async with self._connection() as conn:
+                        seq = await conn.fetchval(sql, *args)
+                        if seq is not None:
+                            return Event(cid, int(seq), now, "message", data), True
+                        # Nothing written (and nothing locked any more): find out why.
+                        if key is not None:
+                            stored = await _event_by_key(conn, cid, key)
+                            if stored is not None:
+                                return stored, False
+                        current = await _conversation_row(conn, cid)
+                except Unavailable as exc:
+                    # A resend committed by another node while this one waited on the row
+                    # lock: the statement's snapshot could not see it, the unique index did,
+                    # and the whole statement (seq bump included) was rolled back.
+                    if key is None or not isinstance(exc.__cause__, asyncpg.UniqueViolationError):
+                        raise
+                    async with self._connection() as conn:
+                        stored = await _event_by_key(conn, cid, key)
+                    if stored is None:
+                        raise
+                    return stored, False
+                refused = refusal(request, current.state, current.agent_id)
+                if refused is not None:
+                    raise refused
+                # Refused a moment ago, acceptable now: the state changed meanwhile; again.
+            raise Conflict("the conversation kept changing", state=current.state)
 
     async def apply_transition(self, request: TransitionRequest) -> tuple[Conversation, Event]:
         async with (
             self._conversation_locks.hold(request.conversation_id),
             self._connection() as conn,
         ):
-            # Read without a lock: the update below only applies if nothing changed since.
+            # Read without a lock: the update only applies if nothing changed since.
             current = await _conversation_row(conn, request.conversation_id)
             _check_expected(current, request)
             agent = await _agent_brief(conn, request.agent_id)
-            async with conn.transaction():
-                return await _transition(conn, current, request, agent, time.time())
+            return await _transition(conn, current, request, agent, time.time())
 
     async def claim_next_queued(
         self,
@@ -824,14 +874,6 @@ class PostgresStore(Store):
 
 
 # Transactions' inner steps ---------------------------------------------------------------------
-class _Resent(Exception):
-    """Internal: the client key is already stored; unwinds (and rolls back) the append."""
-
-    def __init__(self, event: Event) -> None:
-        super().__init__("resent")
-        self.event = event
-
-
 def _check_expected(current: Conversation, request: TransitionRequest) -> None:
     if current.version != request.expected_version or current.state != request.from_state:
         raise Conflict(
@@ -847,17 +889,18 @@ async def _transition(
     now: float,
 ) -> tuple[Conversation, Event]:
     fields = transition_changes(current, request, now)
-    names = list(fields)
-    assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=4))
-    # Compare-and-set: the update matches only the version and state the caller saw. A
-    # racing writer that committed first leaves it matching nothing.
+    data = state_event_data(request, agent)
+    seconds = handle_time(current, request, now)
     row = await conn.fetchrow(
-        f"UPDATE conversations SET {assignments}, last_seq = last_seq + 1 "
-        f"WHERE id = $1 AND version = $2 AND state = $3 RETURNING {_CONV_COLS}",
+        transition_sql(tuple(fields)),
         current.id,
         request.expected_version,
         request.from_state,
-        *(fields[n] for n in names),
+        now,
+        json.dumps(data),
+        current.agent_id,
+        seconds,
+        *fields.values(),
     )
     if row is None:
         latest = await conn.fetchrow(
@@ -869,40 +912,14 @@ async def _transition(
             "the conversation changed meanwhile", state=latest["state"], version=latest["version"]
         )
     updated = _conversation(row)
-    seq = updated.last_seq
-    data = state_event_data(request, agent)
-    await conn.execute(
-        "INSERT INTO events (tenant, conversation_id, seq, ts, kind, client_key, data) "
-        "VALUES ($1, $2, $3, $4, 'state', NULL, $5::json)",
-        updated.tenant,
-        updated.id,
-        seq,
-        now,
-        json.dumps(data),
-    )
-    seconds = handle_time(current, request, now)
-    if seconds is not None:
-        await conn.execute(
-            "INSERT INTO handle_times (tenant, conversation_id, seq, agent_id, seconds, "
-            "resolved_at) VALUES ($1, $2, $3, $4, $5, $6)",
-            current.tenant,
-            current.id,
-            seq,
-            current.agent_id,
-            seconds,
-            now,
-        )
-    return updated, Event(updated.id, seq, now, "state", data)
+    return updated, Event(updated.id, updated.last_seq, now, "state", data)
 
 
-async def _event_by_key(
-    conn: asyncpg.Connection, tenant: str | None, conversation_id: str, key: str
-) -> Event | None:
+async def _event_by_key(conn: asyncpg.Connection, conversation_id: str, key: str) -> Event | None:
     row = await conn.fetchrow(
         "SELECT conversation_id, seq, ts, kind, data FROM events "
-        "WHERE tenant = COALESCE($1, (SELECT tenant FROM conversations WHERE id = $2)) "
-        "AND conversation_id = $2 AND client_key = $3",
-        tenant,
+        "WHERE tenant = (SELECT tenant FROM conversations WHERE id = $1) "
+        "AND conversation_id = $1 AND client_key = $2",
         conversation_id,
         key,
     )
