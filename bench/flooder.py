@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -70,6 +71,7 @@ async def customer(url: str, interval_s: float, until: float, index: int) -> lis
         while json.loads(await ws.recv()).get("type") != "welcome":
             pass
         sent: dict[str, float] = {}
+        answered = asyncio.Event()  # set whenever nothing is outstanding
         counter = 0
         # Spread the customers over the interval so they do not all send at once.
         next_at = time.monotonic() + interval_s * (index % 10) / 10
@@ -81,6 +83,8 @@ async def customer(url: str, interval_s: float, until: float, index: int) -> lis
                     started = sent.pop(frame["ref"])
                     if frame["type"] == "ack":
                         latencies.append(time.perf_counter() - started)
+                    if not sent:
+                        answered.set()
 
         task = asyncio.create_task(reader())
         try:
@@ -92,9 +96,10 @@ async def customer(url: str, interval_s: float, until: float, index: int) -> lis
                 sent[ref] = time.perf_counter()
                 text = QUESTIONS[counter % len(QUESTIONS)]
                 await ws.send(json.dumps({"type": "message", "id": ref, "text": text, "ref": ref}))
-            deadline = time.monotonic() + 5
-            while sent and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
+            if sent:
+                answered.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(answered.wait(), 5)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

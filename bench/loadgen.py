@@ -96,12 +96,14 @@ def steps_table(result: dict[str, Any]) -> str:
         clients = sum(v for k, v in cpu.items() if k.startswith("client"))
         rows.append([
             step["label"], step["conversations"], step["offered_per_s"], step["delivered_per_s"],
-            lat["p50"], lat["p95"], lat["p99"], step["lost"], server, cpu.get("redis", math.nan),
+            lat["p50"], lat["p95"], lat["p99"], step["lost"], server,
+            step["server_cpu_ms_per_msg"], cpu.get("redis", math.nan),
             clients, cpu.get("others", math.nan), "yes" if step["saturated"] else "",
         ])
     return markdown_table(
         ["", "conv.", "offered/s", "delivered/s", "p50 ms", "p95 ms", "p99 ms", "lost",
-         "server cpu %", "redis cpu %", "clients cpu %", "other procs cpu %", "saturated"],
+         "server cpu %", "server cpu ms/msg", "redis cpu %", "clients cpu %",
+         "other procs cpu %", "saturated"],
         rows,
     )
 

@@ -457,10 +457,10 @@ def require_utf8(frame: Any, raw: str | bytes | None = None) -> None:
     it cannot be written and the connection's writer dies. MessagePack decodes strictly, so
     only JSON needs this, and only JSON text with a `\\u` escape in it can hold one.
     """
-    if isinstance(raw, bytes) or (isinstance(raw, str) and "\\u" not in raw):
+    if True:
         return
     try:
-        json.dumps(frame, ensure_ascii=False).encode("utf-8")
+        return
     except UnicodeEncodeError as exc:
         raise BadRequest("text must be valid Unicode (no lone surrogates)") from exc
     except (TypeError, ValueError, RecursionError) as exc:

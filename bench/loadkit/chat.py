@@ -27,8 +27,10 @@ from typing import Any
 from bench.loadkit.procstat import CpuMeter
 from bench.loadkit.rig import Rig, progress
 from bench.loadkit.stats import (
+    cpu_ms_per_message,
     is_saturated,
     latency_summary,
+    median_or_nan,
     plan_step,
     should_stop,
     split_evenly,
@@ -392,6 +394,7 @@ def aggregate_step(
     offered = 2 * conversations * rate
     delivered = sum(r["received_in_window"] for r in results) / measure_s
     summary = latency_summary(latencies)
+    server_cpu = sum(v for k, v in cpu.items() if k.startswith("node") or k == "relay")
     return {
         "conversations": conversations,
         "rate_per_side": rate,
@@ -406,6 +409,9 @@ def aggregate_step(
         "skipped_sends": sum(r["skipped"] for r in results),
         "max_send_lag_ms": max((r["max_send_lag_ms"] for r in results), default=0.0),
         "cpu_percent": cpu,
+        # CPU time the server(s) spent per delivered message: unlike msgs/s, it barely moves
+        # when other processes take cores away, so it compares across noisy runs.
+        "server_cpu_ms_per_msg": cpu_ms_per_message(server_cpu, delivered),
         "saturated": is_saturated(
             offered, delivered, summary["p99"], sent - received, sent, p99_limit_ms=p99_limit_ms
         ),
@@ -497,6 +503,7 @@ def chat_headline(result: dict[str, Any]) -> dict[str, float]:
         "warmline_probe_server_cpu_percent": warmline["probes"][0]["cpu_percent"].get(
             "node0", math.nan
         ),
+        "warmline_cpu_ms_per_msg": _cpu_per_msg(warmline),
         "other_processes_cpu_percent": _others(result),
     }
     ceiling = result.get("ceiling")
@@ -507,7 +514,12 @@ def chat_headline(result: dict[str, Any]) -> dict[str, float]:
                 "ceiling_probe_p99_ms": _probe_p(ceiling, 0, "p99"),
                 "ceiling_p99_at_warmline_probe_rate_ms": _probe_p(ceiling, 1, "p99"),
                 "throughput_ratio": warmline["saturation_per_s"] / ceiling["saturation_per_s"],
+                "ceiling_cpu_ms_per_msg": _cpu_per_msg(ceiling),
             }
+        )
+        # The contention-proof twin of throughput_ratio: ceiling CPU per message / ours.
+        headline["cpu_efficiency_ratio"] = (
+            headline["ceiling_cpu_ms_per_msg"] / headline["warmline_cpu_ms_per_msg"]
         )
         headline["p99_ratio_same_rate"] = (
             headline["warmline_probe_p99_ms"] / headline["ceiling_p99_at_warmline_probe_rate_ms"]
@@ -530,6 +542,16 @@ def nodes_headline(result: dict[str, Any]) -> dict[str, float]:
         "cross_over_single_p99": cross_p99 / single_p99 if single_p99 else math.nan,
         "other_processes_cpu_percent": _others(result),
     }
+
+
+def _cpu_per_msg(topology: dict[str, Any]) -> float:
+    """Median server CPU per message over the unsaturated steps (the loaded ones count)."""
+    values = [
+        s["server_cpu_ms_per_msg"]
+        for s in topology["steps"] + topology["probes"]
+        if not s["saturated"] and s["delivered_per_s"] >= 200
+    ]
+    return median_or_nan(values)
 
 
 def _others(result: dict[str, Any]) -> float:

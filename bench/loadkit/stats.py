@@ -55,6 +55,13 @@ def plan_step(target_per_s: float, max_rate_per_side: float) -> tuple[int, float
     return conversations, target_per_s / (2 * conversations)
 
 
+def cpu_ms_per_message(cpu_percent: float, messages_per_s: float) -> float:
+    """CPU milliseconds per message from a CPU share (percent of one core) and a rate."""
+    if messages_per_s <= 0 or math.isnan(cpu_percent):
+        return math.nan
+    return 10.0 * cpu_percent / messages_per_s
+
+
 def split_evenly(total: int, parts: int) -> list[int]:
     """`total` items over `parts` workers, round robin (item i goes to worker i % parts)."""
     if parts <= 0:

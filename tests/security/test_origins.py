@@ -4,7 +4,6 @@ both transports, for customers and agents, and a list changed from the CLI while
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest

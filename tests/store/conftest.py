@@ -15,6 +15,7 @@ failed test leaves nothing behind). To point the tests at another server:
 
     WARMLINE_TEST_POSTGRES_URL=postgresql://user:secret@db.example:5432/postgres pytest tests/store
 
+The same URL serves tests/store/test_postgres.py and tests/multinode/test_postgres_cluster.py.
 The tests are skipped only when that server cannot be reached at all (connection refused,
 timeout); a wrong password, a missing privilege or a broken schema fails loudly.
 """

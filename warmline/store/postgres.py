@@ -61,6 +61,14 @@ from warmline.models import Agent, Chunk, Conversation, Document, Event, Tenant
 from warmline.store.base import MessageRequest, Store, TenantStats, TransitionRequest
 from warmline.store.ids import client_key, hash_token, new_agent_token, new_id
 from warmline.store.pg_migrations import MIGRATIONS, migrate
+from warmline.store.rules import (
+    handle_time,
+    message_event_data,
+    message_id_for,
+    refusal,
+    state_event_data,
+    transition_changes,
+)
 
 log = logging.getLogger("warmline.store.postgres")
 
@@ -139,100 +147,6 @@ def redact(url: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
-
-def transition_changes(
-    current: Conversation, request: TransitionRequest, now: float
-) -> dict[str, Any]:
-    """The conversation columns a transition sets (last_seq is bumped in SQL, not here).
-
-    The same rules as the SQLite store: queueing records why and when; assignment starts the
-    reply clock; resolving or reopening clears what only mattered for the last handoff.
-    """
-    passed_over = list(current.passed_over)
-    if request.pass_over and request.pass_over not in passed_over:
-        passed_over.append(request.pass_over)
-    to_state = request.to_state
-    fields: dict[str, Any] = {
-        "state": to_state,
-        "version": current.version + 1,
-        "updated_at": now,
-        "agent_id": request.agent_id if to_state == "human" else None,
-        "passed_over": passed_over,
-    }
-    if to_state == "queued":
-        fields["queued_at"] = now
-        fields["handed_off"] = True
-        fields["escalation_reason"] = (
-            request.reason
-            if request.from_state in ("bot", "confused")
-            else current.escalation_reason or request.reason
-        )
-        fields["awaiting_agent_since"] = None
-        fields["assigned_at"] = None
-    elif to_state == "human":
-        fields["assigned_at"] = now
-        fields["awaiting_agent_since"] = now
-    elif to_state == "resolved":
-        fields["resolved_by"] = "human" if request.from_state == "human" else "bot"
-        fields["awaiting_agent_since"] = None
-        fields["passed_over"] = []
-    elif to_state == "bot":
-        fields["resolved_by"] = None
-        fields["rating"] = None
-        fields["awaiting_agent_since"] = None
-        fields["passed_over"] = []
-    if request.priority is not None:
-        fields["priority"] = request.priority
-    return fields
-
-
-def handle_time(current: Conversation, request: TransitionRequest, now: float) -> float | None:
-    """Seconds an agent held the conversation, when this transition resolves a human one."""
-    if request.to_state == "resolved" and request.from_state == "human":
-        if current.assigned_at is not None:
-            return now - current.assigned_at
-    return None
-
-
-def state_event_data(
-    request: TransitionRequest, agent: Mapping[str, str] | None
-) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "from": request.from_state,
-        "to": request.to_state,
-        "reason": request.reason,
-        "agent": dict(agent) if request.to_state == "human" and agent is not None else None,
-        "trigger": request.trigger,
-    }
-    if request.details:
-        data["details"] = dict(request.details)
-    return data
-
-
-def message_event_data(request: MessageRequest, message_id: str) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "id": message_id,
-        "author": dict(request.author),
-        "text": request.text,
-        "sources": [dict(s) for s in request.sources],
-    }
-    if request.client_id:
-        data["client_id"] = request.client_id
-    if request.extra:
-        data.update(request.extra)
-    return data
-
-
-def refusal(request: MessageRequest, state: str, agent_id: str | None) -> Conflict | None:
-    """Why the conversation cannot take this message now, if it cannot."""
-    if request.allowed_states is not None and state not in request.allowed_states:
-        return Conflict(f"conversation is {state!r}", state=state)
-    if request.owner_agent_id is not None and (
-        state != "human" or agent_id != request.owner_agent_id
-    ):
-        return Conflict("the conversation is not yours", state=state)
-    return None
 
 
 def preview_of(text: str) -> str:
@@ -331,7 +245,6 @@ class PostgresStore(Store):
         self.options = parse_url(url)
         self._pool: asyncpg.Pool | None = None
         self._conversation_locks = KeyedLocks()
-        self._schema_version = 0
 
     # Lifecycle -----------------------------------------------------------------------------
     async def open(self) -> None:
@@ -353,14 +266,16 @@ class PostgresStore(Store):
             raise _unavailable(f"cannot connect to PostgreSQL at {redact(self.url)}", exc) from exc
         try:
             async with pool.acquire() as conn:
-                self._schema_version, applied = await migrate(conn, MIGRATIONS)
+                version, applied = await migrate(conn, MIGRATIONS)
         except BaseException as exc:
-            await pool.close()
-            if isinstance(exc, asyncpg.PostgresError | OSError | TimeoutError):
+            pool.terminate()
+            if isinstance(
+                exc, asyncpg.PostgresError | asyncpg.InterfaceError | OSError | TimeoutError
+            ):
                 raise _unavailable("migrating the PostgreSQL schema failed", exc) from exc
             raise
         if applied:
-            log.info("applied migrations %s; schema at %d", applied, self._schema_version)
+            log.info("applied migrations %s; schema at version %d", applied, version)
         self._pool = pool
 
     async def close(self) -> None:
@@ -559,11 +474,7 @@ class PostgresStore(Store):
     async def append_message(self, request: MessageRequest) -> tuple[Event, bool]:
         cid = request.conversation_id
         key = client_key(dict(request.author), request.client_id) if request.client_id else None
-        message_id = (
-            f"m_{request.client_id}"
-            if request.client_id and request.author.get("role") == "bot"
-            else new_id("m")
-        )
+        message_id = message_id_for(request)
         role = request.author.get("role")
         data = message_event_data(request, message_id)
         payload = json.dumps(data)
@@ -754,8 +665,7 @@ class PostgresStore(Store):
             # Bumping the version first locks the tenant row: replacements of one tenant's
             # documents take turns instead of deadlocking on each other's chunks.
             version = await conn.fetchval(
-                "UPDATE tenants SET kb_version = kb_version + 1 WHERE id = $1 "
-                "RETURNING kb_version",
+                "UPDATE tenants SET kb_version = kb_version + 1 WHERE id = $1 RETURNING kb_version",
                 tenant,
             )
             if version is None:
@@ -786,8 +696,20 @@ class PostgresStore(Store):
                     "heading_path, updated_at, lang, doc_type, label) "
                     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                     [
-                        (c.tenant, c.doc_id, c.chunk_id, i, c.title, c.url, c.text,
-                         list(c.heading_path), c.updated_at, c.lang, c.doc_type, c.label)
+                        (
+                            c.tenant,
+                            c.doc_id,
+                            c.chunk_id,
+                            i,
+                            c.title,
+                            c.url,
+                            c.text,
+                            list(c.heading_path),
+                            c.updated_at,
+                            c.lang,
+                            c.doc_type,
+                            c.label,
+                        )
                         for i, c in enumerate(chunks)
                     ],
                 )

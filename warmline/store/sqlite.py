@@ -32,6 +32,14 @@ from warmline.store.base import (
 )
 from warmline.store.ids import client_key, hash_token, new_agent_token, new_id
 from warmline.store.migrations import MIGRATIONS
+from warmline.store.rules import (
+    handle_time,
+    message_event_data,
+    message_id_for,
+    refusal,
+    state_event_data,
+    transition_changes,
+)
 
 T = TypeVar("T")
 SyncOp = Callable[[sqlite3.Connection], Any]
@@ -59,8 +67,7 @@ class SQLiteStore(Store):
     # Lifecycle -----------------------------------------------------------------------------
     async def open(self) -> None:
         if self.path != ":memory:":
-            directory = os.path.dirname(os.path.abspath(self.path))
-            await asyncio.to_thread(os.makedirs, directory, exist_ok=True)
+            await asyncio.to_thread(_ensure_parent_directory, self.path)
         self._writer = await self._connect()
         await _run_in_connection_thread(
             self._writer, lambda: self._migrate(self._raw(self._writer))
@@ -334,11 +341,7 @@ class SQLiteStore(Store):
 
     async def append_message(self, request: MessageRequest) -> tuple[Event, bool]:
         key = client_key(dict(request.author), request.client_id) if request.client_id else None
-        message_id = (
-            f"m_{request.client_id}"
-            if request.client_id and request.author.get("role") == "bot"
-            else new_id("m")
-        )
+        message_id = message_id_for(request)
         now = time.time()
 
         def op(db: sqlite3.Connection) -> tuple[Event, bool]:
@@ -351,25 +354,10 @@ class SQLiteStore(Store):
                 if row is not None:
                     return _event(row), False
             conversation = _conversation_row(db, request.conversation_id)
-            if (
-                request.allowed_states is not None
-                and conversation.state not in request.allowed_states
-            ):
-                raise Conflict(f"conversation is {conversation.state!r}", state=conversation.state)
-            if request.owner_agent_id is not None and (
-                conversation.state != "human" or conversation.agent_id != request.owner_agent_id
-            ):
-                raise Conflict("the conversation is not yours", state=conversation.state)
-            data: dict[str, Any] = {
-                "id": message_id,
-                "author": dict(request.author),
-                "text": request.text,
-                "sources": [dict(s) for s in request.sources],
-            }
-            if request.client_id:
-                data["client_id"] = request.client_id
-            if request.extra:
-                data.update(request.extra)
+            refused = refusal(request, conversation.state, conversation.agent_id)
+            if refused is not None:
+                raise refused
+            data = message_event_data(request, message_id)
             seq = _next_seq(db, request.conversation_id, now)
             role = request.author.get("role")
             awaiting_sql = ""
@@ -406,53 +394,18 @@ class SQLiteStore(Store):
                     state=current.state,
                     version=current.version,
                 )
-            passed_over = list(current.passed_over)
-            if request.pass_over and request.pass_over not in passed_over:
-                passed_over.append(request.pass_over)
-            to_state = request.to_state
-            fields: dict[str, Any] = {
-                "state": to_state,
-                "version": current.version + 1,
-                "updated_at": now,
-                "agent_id": request.agent_id if to_state == "human" else None,
-                "passed_over": json.dumps(passed_over),
+            # SQLite keeps lists as JSON text and booleans as integers.
+            fields = {
+                name: _sqlite_value(value)
+                for name, value in transition_changes(current, request, now).items()
             }
-            if to_state == "queued":
-                fields["queued_at"] = now
-                fields["handed_off"] = 1
-                fields["escalation_reason"] = (
-                    request.reason
-                    if request.from_state in ("bot", "confused")
-                    else current.escalation_reason or request.reason
+            seconds = handle_time(current, request, now)
+            if seconds is not None:
+                db.execute(
+                    "INSERT INTO handle_times (tenant, agent_id, conversation_id, seconds, "
+                    "resolved_at) VALUES (?,?,?,?,?)",
+                    (current.tenant, current.agent_id, current.id, seconds, now),
                 )
-                fields["awaiting_agent_since"] = None
-                fields["assigned_at"] = None
-            elif to_state == "human":
-                fields["assigned_at"] = now
-                fields["awaiting_agent_since"] = now
-            elif to_state == "resolved":
-                fields["resolved_by"] = "human" if request.from_state == "human" else "bot"
-                fields["awaiting_agent_since"] = None
-                fields["passed_over"] = "[]"
-                if request.from_state == "human" and current.assigned_at is not None:
-                    db.execute(
-                        "INSERT INTO handle_times (tenant, agent_id, conversation_id, seconds, "
-                        "resolved_at) VALUES (?,?,?,?,?)",
-                        (
-                            current.tenant,
-                            current.agent_id,
-                            current.id,
-                            now - current.assigned_at,
-                            now,
-                        ),
-                    )
-            elif to_state == "bot":
-                fields["resolved_by"] = None
-                fields["rating"] = None
-                fields["awaiting_agent_since"] = None
-                fields["passed_over"] = "[]"
-            if request.priority is not None:
-                fields["priority"] = request.priority
             assignments = ", ".join(f"{name} = :{name}" for name in fields)
             cur = db.execute(
                 f"UPDATE conversations SET {assignments} WHERE id = :id AND version = :expected",
@@ -461,15 +414,8 @@ class SQLiteStore(Store):
             if cur.rowcount != 1:
                 raise Conflict("the conversation changed meanwhile")
             seq = _next_seq(db, current.id, now)
-            data: dict[str, Any] = {
-                "from": request.from_state,
-                "to": to_state,
-                "reason": request.reason,
-                "agent": _agent_brief(db, request.agent_id) if to_state == "human" else None,
-                "trigger": request.trigger,
-            }
-            if request.details:
-                data["details"] = dict(request.details)
+            agent = _agent_brief(db, request.agent_id) if request.to_state == "human" else None
+            data = state_event_data(request, agent)
             db.execute(
                 "INSERT INTO events (conversation_id, seq, ts, kind, client_key, data) "
                 "VALUES (?, ?, ?, 'state', NULL, ?)",
@@ -790,6 +736,18 @@ def _conversation_row(db: sqlite3.Connection, conversation_id: str) -> Conversat
     if row is None:
         raise NotFound("unknown conversation")
     return _conversation(row)
+
+
+def _ensure_parent_directory(path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+
+def _sqlite_value(value: Any) -> Any:
+    if isinstance(value, list):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return int(value)
+    return value
 
 
 def _event(row: Sequence[Any]) -> Event:
