@@ -174,6 +174,7 @@ class Dispatcher:
             QueueItem(c.id, c.priority, c.queued_at or c.updated_at, c.passed_over) for c in queued
         ]
         by_id = {c.id: c for c in queued}
+        lost_race = False
         for assignment in plan(items, slots):
             conversation = by_id[assignment.conversation_id]
             try:
@@ -181,11 +182,16 @@ class Dispatcher:
                     conversation, "assign", "dispatched", agent_id=assignment.agent_id
                 )
             except (Conflict, InvalidTransition, NotFound):
-                continue  # another node or a claim got there first
+                # Another node or a claim got there first. Plan again from fresh data, or the
+                # agent this item was meant for would idle until the next tick.
+                lost_race = True
+                continue
             except WarmlineError:
                 log.exception("assignment of %s failed", conversation.id)
                 continue
             self._last_assigned[assignment.agent_id] = now
+        if lost_race:
+            self.wake(tenant)
 
     # Queue frames --------------------------------------------------------------------------
     async def queue_snapshot(

@@ -63,6 +63,8 @@ class TenantIndex:
     groups: npt.NDArray[np.int64]
     dense: DenseMatrix | None = None
     dropped_duplicates: int = 0
+    # Labelled KBs only: one BM25 document per label (all its chunks), for label-level scores.
+    label_bm25: BM25Index | None = None
     _columns: dict[str, npt.NDArray[np.int64]] = field(default_factory=dict)
     _codes: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -102,7 +104,14 @@ class TenantIndex:
             dtype=np.int64,
             count=len(own),
         )
-        idx = cls(tenant, version, own, tokens, BM25Index(tokens), groups, None, dropped)
+        label_bm25: BM25Index | None = None
+        if any(c.label is not None for c in own):
+            docs: list[list[str]] = [[] for _ in range(len(group_ids))]
+            for g, toks in zip(groups.tolist(), tokens, strict=True):
+                docs[g].extend(toks)
+            label_bm25 = BM25Index(docs)
+        idx = cls(tenant, version, own, tokens, BM25Index(tokens), groups, None, dropped,
+                  label_bm25)
         for key in FILTER_KEYS:
             codes: dict[str, int] = {}
             col = np.fromiter(
@@ -117,7 +126,7 @@ class TenantIndex:
     def with_dense(self, dense: DenseMatrix | None) -> TenantIndex:
         return TenantIndex(
             self.tenant, self.version, self.chunks, self.tokens, self.bm25, self.groups, dense,
-            self.dropped_duplicates, self._columns, self._codes,
+            self.dropped_duplicates, self.label_bm25, self._columns, self._codes,
         )
 
     def dense_from(
@@ -221,7 +230,18 @@ class TenantIndex:
             return Ranked([], [], {})
         # Score units differ by fusion; the vote temperature is relative to the top score.
         scale = abs(float(fused[cand[0]])) or 1.0
-        vote = group_vote(cand, fused / scale, self.groups, config.vote_k, config.vote_temp)
+        bonus: dict[int, float] | None = None
+        if self.label_bm25 is not None and config.label_bm25_weight:
+            label_scores = self.label_bm25.scores(query_tokens)
+            best = float(label_scores.max()) if label_scores.size else 0.0
+            if best > 0:
+                bonus = {
+                    g: config.label_bm25_weight * float(label_scores[g]) / best
+                    for g in set(self.groups[cand].tolist())
+                }
+        vote = group_vote(
+            cand, fused / scale, self.groups, config.vote_k, config.vote_temp, bonus
+        )
         order = vote.order
         top = int(order[0])
         top_group = self.groups[top]
