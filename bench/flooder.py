@@ -3,6 +3,7 @@
     .venv/bin/python bench/flooder.py                  # limits on (the defaults)
     .venv/bin/python bench/flooder.py --unlimited      # also run with every limit off
     .venv/bin/python bench/flooder.py --customers 40 --seconds 10
+    .venv/bin/python bench/flooder.py --unlimited --rounds 3   # medians, on a noisy machine
 
 A real server (its own process, demo tenant) and, in this process, N ordinary customers that
 each send a message every `--interval` seconds (well under the per-connection limit) and time
@@ -108,9 +109,7 @@ async def customer(url: str, interval_s: float, until: float, index: int) -> lis
 
 async def ordinary(url: str, customers: int, seconds: float, interval_s: float) -> list[float]:
     until = time.monotonic() + seconds
-    results = await asyncio.gather(
-        *(customer(url, interval_s, until, i) for i in range(customers))
-    )
+    results = await asyncio.gather(*(customer(url, interval_s, until, i) for i in range(customers)))
     return [latency for result in results for latency in result]
 
 
@@ -192,21 +191,27 @@ async def phase(
 
 
 async def main(args: argparse.Namespace) -> None:
-    rows = [
-        await phase("no flooder", {}, args, with_flooder=False),
-        await phase("one flooder, limits on", {}, args, with_flooder=True),
-    ]
+    phases = [("no flooder", {}, False), ("one flooder, limits on", {}, True)]
     if args.unlimited:
-        rows.append(await phase("one flooder, limits off", UNLIMITED, args, with_flooder=True))
+        phases.append(("one flooder, limits off", UNLIMITED, True))
     print(
         f"{args.customers} customers, one message every {args.interval}s each, "
         f"{args.seconds}s per phase; latency = message sent -> ack (stored)"
     )
-    for row in rows:
-        flooder = row.pop("flooder", None)
-        print(json.dumps(row))
-        if flooder is not None:
-            print("   flooder:", json.dumps(flooder))
+    p99s: dict[str, list[float]] = {name: [] for name, _, _ in phases}
+    # Rounds interleave the phases, so a busy neighbour on the machine hits them alike.
+    for round_ in range(1, args.rounds + 1):
+        for name, env, with_flooder in phases:
+            row = await phase(name, env, args, with_flooder)
+            flooder = row.pop("flooder", None)
+            print(json.dumps({"round": round_, **row}), flush=True)
+            if flooder is not None:
+                print("   flooder:", json.dumps(flooder), flush=True)
+            p99s[name].append(row["p99_ms"])
+    if args.rounds > 1:
+        for name, values in p99s.items():
+            median = statistics.median(values)
+            print(f"median p99 over {args.rounds} rounds, {name}: {median:.2f} ms")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -215,6 +220,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--interval", type=float, default=0.5)
     parser.add_argument("--unlimited", action="store_true", help="also flood with limits off")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every phase, interleaved")
     parser.add_argument("--flood", metavar="WS_URL", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 

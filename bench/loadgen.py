@@ -149,7 +149,7 @@ def build_runner(args: argparse.Namespace) -> Callable[[], Awaitable[dict[str, A
         idle = IdleOptions(
             connections=args.connections, workers=args.workers, inline=args.inline,
             concurrency=args.concurrency, hold_s=args.hold, settle_s=args.settle,
-            warmup_connections=args.warmup_connections, env=env,
+            warmup_connections=args.warmup_connections, target=args.target, env=env,
         )
         return lambda: run_idle(idle)
     if args.scenario in ("chat", "chat-nodes"):
@@ -217,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     idle.add_argument("--hold", type=float, default=35.0, help="seconds held after connecting")
     idle.add_argument("--settle", type=float, default=3.0)
     idle.add_argument("--warmup-connections", type=int, default=200)
+    idle.add_argument("--target", choices=("warmline", "relay"), default="warmline",
+                      help="relay: the same against bench/ceiling_relay.py, for reference")
 
     for name, text in (("chat", "chat to saturation, then the ceiling relay"),
                        ("chat-nodes", "chat on one node, then across two nodes via Redis")):
@@ -242,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     storm = sub.add_parser("reconnect", parents=[common], help="kill -9 a node holding N")
     storm.add_argument("--clients", type=int, default=2000)
-    storm.add_argument("--agents", type=int, default=20)
+    storm.add_argument("--agents", type=int, default=40)
     storm.add_argument("--agent-rate", type=float, default=4.0)
     storm.add_argument("--timeout", type=float, default=60.0)
     return parser

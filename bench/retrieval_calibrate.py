@@ -6,8 +6,10 @@ retrieval/calibration.json.
 Held-out data, never test.csv:
 - BANKING77 train.csv in 3 folds: each fold holds out 10 intents entirely (their lines are
   out-of-scope queries) and 15% of the other intents' lines (in-scope queries); the rest is KB.
+  Labelled modes index the lines with their label; article modes index each intent as a
+  document of unlabelled chunks (an FAQ-style KB).
 - The demo KB with bench/data/demo_kb_queries.jsonl (paraphrased questions labelled with the
-  document that answers them, plus off-topic questions), so the fit also covers document-style
+  document that answers them, plus off-topic questions), so the article fit also covers
   knowledge bases where a query meets a long passage, not another short question.
 The outcome for a query is "the top hit is right" (always false for out-of-scope queries).
 Prints the fitted coefficients, log-loss, ECE and AUROC per source and mode.
@@ -48,11 +50,14 @@ def with_vectors(idx: TenantIndex, vec_of: dict[str, np.ndarray], dim: int) -> T
     return idx.with_dense(idx.dense_from("m", vec_of.get, dim))
 
 
-def banking_rows(cfg: RankConfig, folds: int = 3) -> dict[str, list[Row]]:
+def banking_rows(cfg: RankConfig, labeled: bool, folds: int = 3) -> dict[str, list[Row]]:
+    """Rows from train.csv folds. `labeled=False` indexes each intent as a document whose
+    chunks carry no label (an FAQ-style KB) and counts the right document as right."""
     train = read_csv("train.csv")
     emb = embed_cached([t for t, _ in train])
     intents = sorted({lab for _, lab in train})
-    out: dict[str, list[Row]] = {"hybrid": [], "bm25": []}
+    suffix = "_labeled" if labeled else ""
+    out: dict[str, list[Row]] = {"hybrid" + suffix: [], "bm25" + suffix: []}
     for fold in range(folds):
         rng = random.Random(100 + fold)
         oos = set(rng.sample(intents, 10))
@@ -69,22 +74,23 @@ def banking_rows(cfg: RankConfig, folds: int = 3) -> dict[str, list[Row]]:
             cut = max(1, int(len(idxs) * 0.15))
             queries.extend(idxs[:cut])
             kb.extend(idxs[cut:])
-        chunks = [Chunk("b", train[i][1], f"c{i}", "", "", train[i][0], label=train[i][1])
-                  for i in kb]
+        chunks = [Chunk("b", train[i][1], f"c{i}", "", "", train[i][0],
+                        label=train[i][1] if labeled else None) for i in kb]
         idx = TenantIndex.build("b", 1, chunks)
         idx = with_vectors(idx, {f"c{i}": emb[i] for i in kb}, emb.shape[1])
         for q in queries:
             text, lab = train[q]
             truth = None if lab in oos else lab
-            for mode, vec in (("hybrid", emb[q]), ("bm25", None)):
+            for mode, vec in (("hybrid" + suffix, emb[q]), ("bm25" + suffix, None)):
                 r = idx.rank(tokenize(text), vec, cfg)
                 right = bool(r.order) and truth is not None and \
-                    idx.chunks[r.order[0]].label == truth
+                    idx.chunks[r.order[0]].doc_id == truth
                 out[mode].append((_complete(r.features, mode), right))
     return out
 
 
 def demo_rows(cfg: RankConfig, embedder: FastEmbedEmbedder) -> dict[str, list[Row]]:
+    """Rows from the demo KB (article modes)."""
     chunks: list[Chunk] = []
     for path in sorted(DEMO_KB.glob("*.md")):
         chunks.extend(parse_document("demo", path.name, path.read_text())[1])
@@ -128,15 +134,24 @@ def main() -> None:
     args = ap.parse_args()
     cfg = RankConfig()
     embedder = FastEmbedEmbedder()
-    b77 = banking_rows(cfg)
+    labeled = banking_rows(cfg, labeled=True)
+    articles = banking_rows(cfg, labeled=False)
     demo = demo_rows(cfg, embedder)
+    sources: dict[str, list[tuple[str, list[Row], int]]] = {
+        "hybrid_labeled": [("banking77-folds", labeled["hybrid_labeled"], 1)],
+        "bm25_labeled": [("banking77-folds", labeled["bm25_labeled"], 1)],
+        "hybrid": [("banking77-folds-as-articles", articles["hybrid"], 1),
+                   ("demo-kb", demo["hybrid"], args.demo_weight)],
+        "bm25": [("banking77-folds-as-articles", articles["bm25"], 1),
+                 ("demo-kb", demo["bm25"], args.demo_weight)],
+    }
     models = {}
-    for mode in ("hybrid", "bm25"):
-        rows = b77[mode] + demo[mode] * args.demo_weight
+    for mode, parts in sources.items():
+        rows = [row for _, src, weight in parts for row in src * weight]
         cal = fit_calibrator(FEATURES[mode], [f for f, _ in rows], [r for _, r in rows])
         models[mode] = cal.to_json()
         print(json.dumps({"mode": mode, **cal.to_json()}))
-        for name, src in (("banking77-folds", b77[mode]), ("demo-kb", demo[mode])):
+        for name, src, _ in parts:
             probs = [cal.predict(f) for f, _ in src]
             print(json.dumps({"mode": mode, **report(name, probs, src)}))
     if not args.dry_run:

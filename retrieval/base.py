@@ -39,6 +39,10 @@ class Retriever(abc.ABC):
     ) -> RetrievalResult:
         """Best chunks of `tenant` only; `filters` may narrow by `lang` and `doc_type`."""
 
+    async def refresh(self, tenant: str) -> None:
+        """Start bringing the tenant's index up to date in the background (after an ingest)."""
+        return None
+
     async def forget_document(self, tenant: str, doc_id: str) -> None:
         """Stop returning a deleted document at once on this node, before any rebuild."""
         return None

@@ -94,14 +94,16 @@ class BM25Index:
 
     def candidates(self, query: Sequence[str]) -> IntArray:
         """Documents that contain at least one query term (the only ones with a score)."""
-        parts = []
+        return np.flatnonzero(self.matched(query)).astype(np.int64)
+
+    def matched(self, query: Sequence[str]) -> npt.NDArray[np.bool_]:
+        """Mask of the documents containing at least one query term."""
+        out = np.zeros(self.size, dtype=bool)
         for term in set(query):
             t = self.vocab.get(term)
             if t is not None:
-                parts.append(self.docs[self.indptr[t] : self.indptr[t + 1]])
-        if not parts:
-            return np.zeros(0, dtype=np.int64)
-        return np.unique(np.concatenate(parts))
+                out[self.docs[self.indptr[t] : self.indptr[t + 1]]] = True
+        return out
 
     def max_score(self, query: Sequence[str]) -> float:
         """A bound of any document's absolute score for `query` (for normalization)."""

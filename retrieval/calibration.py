@@ -17,10 +17,12 @@ import numpy.typing as npt
 
 CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
 
-FEATURES = {
-    "hybrid": ("top_dense", "dense_margin", "top_bm25", "bm25_margin", "vote_share"),
-    "bm25": ("top_bm25", "bm25_margin", "vote_share"),
-}
+_HYBRID = ("top_dense", "dense_margin", "top_bm25", "bm25_margin", "vote_share")
+_BM25 = ("top_bm25", "bm25_margin", "vote_share")
+# One model per retrieval mode, and apart for labelled KBs (each chunk carries the label of
+# its answer, as in intent data) whose vote shares mean something else than for articles.
+FEATURES = {"hybrid": _HYBRID, "bm25": _BM25, "hybrid_labeled": _HYBRID, "bm25_labeled": _BM25}
+MODES = tuple(FEATURES)
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,10 @@ class Calibrator:
 
 # Used only when calibration.json is missing: a monotone guess, not a fitted model.
 _FALLBACK = {
-    "hybrid": Calibrator(FEATURES["hybrid"], (8.0, 10.0, 2.0, 2.0, 3.0), -8.0),
-    "bm25": Calibrator(FEATURES["bm25"], (6.0, 6.0, 3.0), -5.0),
+    mode: Calibrator(FEATURES[mode], (8.0, 10.0, 2.0, 2.0, 3.0), -8.0)
+    if mode.startswith("hybrid")
+    else Calibrator(FEATURES[mode], (6.0, 6.0, 3.0), -5.0)
+    for mode in MODES
 }
 
 

@@ -8,6 +8,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from html.parser import HTMLParser
 
+import numpy as np
+import numpy.typing as npt
+
 from retrieval.text import words
 
 # A chunk holds at most this many words; MiniLM reads 256 word pieces, about 180 words.
@@ -267,54 +270,70 @@ def chunk_section(
 
 SHINGLE = 4
 NEAR_DUP_JACCARD = 0.85
-_ANCHORS = 4  # independent min-hashes; a near-duplicate shares at least one with high odds
+# MinHash with LSH banding: 32 hashes in 8 bands of 4. Two texts of Jaccard 0.85 share a band
+# with probability 0.997, two of Jaccard 0.3 with 0.06; candidates are then confirmed on the
+# estimated Jaccard (share of equal hashes), so no shingle sets are kept in memory.
+_HASHES, _BAND_ROWS = 32, 4
+_rng = np.random.default_rng(20240601)
+_MULT = (_rng.integers(1, 2**63 - 1, _HASHES, dtype=np.int64).astype(np.uint64) << np.uint64(1)) \
+    | np.uint64(1)
+_ADD = _rng.integers(0, 2**63 - 1, _HASHES, dtype=np.int64).astype(np.uint64)
 
 
-def shingles(text: str, n: int = SHINGLE) -> frozenset[int]:
-    ws = words(text)
-    if len(ws) < n:
-        return frozenset({hash(" ".join(ws))}) if ws else frozenset()
-    return frozenset(hash(" ".join(ws[i : i + n])) for i in range(len(ws) - n + 1))
+_P = np.array([0x100000001B3 ** k % 2**64 for k in (3, 2, 1, 0)], dtype=np.uint64)
 
 
-def _anchors(sh: frozenset[int]) -> list[tuple[int, int]]:
-    # Min-hash under a few cheap permutations (xor with fixed salts) of Python's str hash;
-    # both sides of a comparison live in one process, so hash randomization is harmless.
-    salts = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x27D4EB2F165667C5)
-    return [(i, min(h ^ s for h in sh)) for i, s in enumerate(salts[:_ANCHORS])]
+def signature(text: str) -> npt.NDArray[np.uint64] | None:
+    return signature_of_words(words(text))
 
 
-def jaccard(a: frozenset[int], b: frozenset[int]) -> float:
-    if not a and not b:
-        return 1.0
-    return len(a & b) / len(a | b)
+def signature_of_words(ws: Sequence[str]) -> npt.NDArray[np.uint64] | None:
+    """MinHash signature of the word 4-shingles; None for a text without words. Uses
+    Python's per-process string hash: signatures are only compared within one process."""
+    if not ws:
+        return None
+    h = np.fromiter(map(hash, ws), dtype=np.int64, count=len(ws)).view(np.uint64)
+    with np.errstate(over="ignore"):
+        if len(h) >= SHINGLE:
+            # Rolling polynomial hash of each window of SHINGLE word hashes.
+            sh = h[: len(h) - 3] * _P[0] + h[1 : len(h) - 2] * _P[1] + h[2 : len(h) - 1] * _P[2] \
+                + h[3:] * _P[3]
+        else:
+            sh = np.array([int((h * _P[SHINGLE - len(h) :]).sum())], dtype=np.uint64)
+        return (sh[None, :] * _MULT[:, None] + _ADD[:, None]).min(axis=1)
 
 
 class DuplicateFilter:
-    """Keeps the first of every group of near-identical texts (Jaccard of word 4-shingles)."""
+    """Keeps the first of every group of near-identical texts (estimated Jaccard of word
+    4-shingles at least `threshold`)."""
 
     def __init__(self, threshold: float = NEAR_DUP_JACCARD) -> None:
         self.threshold = threshold
-        self._buckets: dict[tuple[int, int], list[int]] = {}
-        self._kept: list[frozenset[int]] = []
+        self._buckets: dict[bytes, list[int]] = {}
+        self._kept: list[npt.NDArray[np.uint64]] = []
 
-    def add(self, text: str) -> bool:
-        """True if `text` is new (and now remembered), False if it nearly repeats a kept one."""
-        sh = shingles(text)
-        if not sh:
-            return False
-        anchors = _anchors(sh)
+    def add(self, text: str, sig: npt.NDArray[np.uint64] | None = None) -> bool:
+        """True if `text` is new (and now remembered), False if it nearly repeats a kept one
+        or has no words. `sig` may pass a precomputed `signature(text)`."""
+        if sig is None:
+            sig = signature(text)
+            if sig is None:
+                return False
+        keys = [
+            bytes([b]) + sig[b * _BAND_ROWS : (b + 1) * _BAND_ROWS].tobytes()
+            for b in range(_HASHES // _BAND_ROWS)
+        ]
         seen: set[int] = set()
-        for anchor in anchors:
-            for idx in self._buckets.get(anchor, ()):
+        for key in keys:
+            for idx in self._buckets.get(key, ()):
                 if idx not in seen:
                     seen.add(idx)
-                    if jaccard(sh, self._kept[idx]) >= self.threshold:
+                    if float((self._kept[idx] == sig).mean()) >= self.threshold:
                         return False
         idx = len(self._kept)
-        self._kept.append(sh)
-        for anchor in anchors:
-            self._buckets.setdefault(anchor, []).append(idx)
+        self._kept.append(sig)
+        for key in keys:
+            self._buckets.setdefault(key, []).append(idx)
         return True
 
 

@@ -6,6 +6,7 @@ A snapshot is built off the event loop and swapped in whole, so searches never s
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -13,9 +14,9 @@ import numpy as np
 import numpy.typing as npt
 
 from retrieval.bm25 import BM25Index
-from retrieval.chunking import DuplicateFilter
+from retrieval.chunking import DuplicateFilter, signature_of_words
 from retrieval.fusion import RankConfig, group_vote, rrf, top_indices, weighted
-from retrieval.text import tokenize
+from retrieval.text import analyze
 from warmline.errors import BadRequest
 from warmline.models import Chunk
 
@@ -40,8 +41,22 @@ class DenseMatrix:
     def complete(self) -> bool:
         return bool(self.present.all())
 
+    @property
+    def coverage(self) -> float:
+        return float(self.present.mean()) if self.present.size else 1.0
+
+    @property
+    def usable(self) -> bool:
+        return bool(self.present.any())
+
     def vector(self, i: int) -> Vectors:
         return self.matrix[i]
+
+
+@dataclass(frozen=True)
+class Sketch:
+    tokens: list[str]
+    signature: npt.NDArray[np.uint64] | None
 
 
 @dataclass(frozen=True)
@@ -60,13 +75,19 @@ class TenantIndex:
     chunks: list[Chunk]
     tokens: list[list[str]]
     bm25: BM25Index
-    groups: npt.NDArray[np.int64]
+    groups: npt.NDArray[np.int64]  # ranking groups: the label, or the chunk alone
     dense: DenseMatrix | None = None
     dropped_duplicates: int = 0
     # Labelled KBs only: one BM25 document per label (all its chunks), for label-level scores.
     label_bm25: BM25Index | None = None
+    # What a right answer is, for confidence features: the label, or else the document.
+    answer_groups: npt.NDArray[np.int64] = field(
+        default_factory=lambda: np.zeros(0, dtype=np.int64)
+    )
     _columns: dict[str, npt.NDArray[np.int64]] = field(default_factory=dict)
     _codes: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Per-text tokens and MinHash signature, by a digest of the text, for the next rebuild.
+    sketches: dict[bytes, Sketch] = field(default_factory=dict)
 
     # Building ----------------------------------------------------------------------------
     @classmethod
@@ -75,24 +96,39 @@ class TenantIndex:
         tenant: str,
         version: int,
         chunks: Sequence[Chunk],
-        token_cache: Mapping[str, list[str]] | None = None,
+        sketch_cache: Mapping[bytes, Sketch] | None = None,
         dedupe: bool = True,
     ) -> TenantIndex:
         """Index a tenant's chunks. Chunks of other tenants are dropped here too, so a store
-        bug cannot leak them. Near-duplicates across documents keep the newest copy."""
+        bug cannot leak them. Near-duplicates across documents keep the newest copy.
+        `sketch_cache` (a previous snapshot's `sketches`) saves re-tokenizing unchanged text."""
         own = [c for c in chunks if c.tenant == tenant]
+        cache = sketch_cache or {}
+        sketches: dict[bytes, Sketch] = {}
+        keyed: list[tuple[bytes, Sketch]] = []
+        for c in own:
+            text = index_text(c)
+            digest = hashlib.blake2b(text.encode(), digest_size=16).digest()
+            sk = cache.get(digest) or sketches.get(digest)
+            if sk is None:
+                toks, ws = analyze(text)
+                sk = Sketch(toks, signature_of_words(ws) if dedupe else None)
+            sketches[digest] = sk
+            keyed.append((digest, sk))
         dropped = 0
         if dedupe and len(own) > 1:
             # Newest first, so the copy that survives is the one most recently updated.
             by_age = sorted(range(len(own)), key=lambda i: -own[i].updated_at)
             f = DuplicateFilter()
-            keep = sorted(i for i in by_age if f.add(index_text(own[i])))
+            keep = sorted(
+                i for i in by_age
+                if keyed[i][1].signature is not None
+                and f.add("", keyed[i][1].signature)
+            )
             dropped = len(own) - len(keep)
             own = [own[i] for i in keep]
-        cache = token_cache or {}
-        tokens = [
-            cache[c.chunk_id] if c.chunk_id in cache else tokenize(index_text(c)) for c in own
-        ]
+            keyed = [keyed[i] for i in keep]
+        tokens = [sk.tokens for _, sk in keyed]
         group_ids: dict[str, int] = {}
         groups = np.fromiter(
             (
@@ -110,8 +146,20 @@ class TenantIndex:
             for g, toks in zip(groups.tolist(), tokens, strict=True):
                 docs[g].extend(toks)
             label_bm25 = BM25Index(docs)
+        answer_ids: dict[str, int] = {}
+        answer_groups = np.fromiter(
+            (
+                answer_ids.setdefault(
+                    "L:" + c.label if c.label is not None else "D:" + c.doc_id, len(answer_ids)
+                )
+                for c in own
+            ),
+            dtype=np.int64,
+            count=len(own),
+        )
         idx = cls(tenant, version, own, tokens, BM25Index(tokens), groups, None, dropped,
-                  label_bm25)
+                  label_bm25, answer_groups)
+        idx.sketches = sketches
         for key in FILTER_KEYS:
             codes: dict[str, int] = {}
             col = np.fromiter(
@@ -123,10 +171,15 @@ class TenantIndex:
             idx._codes[key] = codes
         return idx
 
+    @property
+    def labeled(self) -> bool:
+        return self.label_bm25 is not None
+
     def with_dense(self, dense: DenseMatrix | None) -> TenantIndex:
         return TenantIndex(
             self.tenant, self.version, self.chunks, self.tokens, self.bm25, self.groups, dense,
-            self.dropped_duplicates, self.label_bm25, self._columns, self._codes,
+            self.dropped_duplicates, self.label_bm25, self.answer_groups, self._columns,
+            self._codes, self.sketches,
         )
 
     def dense_from(
@@ -191,8 +244,9 @@ class TenantIndex:
         config: RankConfig,
         mask: npt.NDArray[np.bool_] | None = None,
     ) -> Ranked:
-        """Fuse, vote and rank. `query_vector` is used only when the dense matrix is complete
-        and of the query's model (the caller guarantees the model matches)."""
+        """Fuse, vote and rank. The caller guarantees `query_vector` is of the dense matrix's
+        model. Chunks still waiting for their vector have a dense score of 0: until the
+        background job embeds them, BM25 alone can find them."""
         n = len(self.chunks)
         if n == 0:
             return Ranked([], [], {})
@@ -202,7 +256,7 @@ class TenantIndex:
         use_dense = (
             query_vector is not None
             and self.dense is not None
-            and self.dense.complete
+            and self.dense.usable
             and config.fusion != "bm25"
         )
         dense_scores: npt.NDArray[np.float64] | None = None
@@ -210,8 +264,7 @@ class TenantIndex:
             assert self.dense is not None and query_vector is not None
             dense_scores = (self.dense.matrix @ query_vector).astype(np.float64)
 
-        matched = np.zeros(n, dtype=bool)
-        matched[self.bm25.candidates(query_tokens)] = True
+        matched = self.bm25.matched(query_tokens)
         if dense_scores is None:
             fused = np.where(matched, bm25_norm, -np.inf)
         elif config.fusion == "dense":
@@ -244,17 +297,23 @@ class TenantIndex:
         )
         order = vote.order
         top = int(order[0])
-        top_group = self.groups[top]
-        others = cand[self.groups[cand] != top_group]
+        # Features compare the answer (label, else document) with the runners-up from
+        # other answers: two chunks of one article agreeing is not ambiguity.
+        answer = self.answer_groups[top]
+        is_same = self.answer_groups[cand] == answer
+        others = cand[~is_same]
+        voters = cand[: config.vote_k]
+        rel = fused[voters] / scale
+        w = np.exp((rel - rel[0]) / max(config.vote_temp, 1e-9))
+        share = float(w[self.answer_groups[voters] == answer].sum() / w.sum())
         feats: dict[str, float] = {
             "top_bm25": float(bm25_norm[top]),
             "bm25_margin": float(bm25_norm[top])
             - (float(bm25_norm[others].max()) if others.size else 0.0),
-            "vote_share": vote.group_share,
+            "vote_share": share,
         }
         if dense_scores is not None:
-            same = cand[self.groups[cand] == top_group]
-            best_same = float(dense_scores[same].max())
+            best_same = float(dense_scores[cand[is_same]].max())
             feats["top_dense"] = float(dense_scores[top])
             feats["dense_margin"] = best_same - (
                 float(dense_scores[others].max()) if others.size else 0.0

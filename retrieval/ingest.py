@@ -88,7 +88,8 @@ def parse_document(
         for text in chunk_section(section.text):
             if not seen.add(" ".join((*section.heading_path, text))):
                 continue
-            cid = content_id(doc_id, section.heading_path, text)
+            # The title is part of what gets indexed, so a new title means new chunk ids.
+            cid = content_id(doc_id, (title, *section.heading_path), text)
             if cid in ids:
                 continue
             ids.add(cid)

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from retrieval.base import Retriever
 from retrieval.ingest import FORMATS, ChunkIndexer, SourceDocument, ingest_documents
 from warmline.errors import BadRequest, NotFound, TooLarge, WarmlineError
 from warmline.store.base import Store
@@ -85,12 +86,22 @@ class _Job:
 
 class IngestJobs:
     """Runs ingestion jobs one at a time (they are CPU-heavy; chat latency matters more) and
-    remembers the latest `keep` finished ones for status queries."""
+    remembers the latest `keep` finished ones for status queries.
+
+    A job is done once its documents are stored, which makes them searchable by BM25 on the
+    next query; given the `retriever`, the job then asks it to refresh, so the dense vectors
+    are embedded in the background right away. An `indexer` instead embeds every chunk inside
+    the job (slower jobs, but dense-complete when done)."""
 
     def __init__(
-        self, store: Store, indexer: ChunkIndexer | None = None, keep: int = 500
+        self,
+        store: Store,
+        retriever: Retriever | None = None,
+        indexer: ChunkIndexer | None = None,
+        keep: int = 500,
     ) -> None:
         self.store = store
+        self.retriever = retriever
         self.indexer = indexer
         self.keep = keep
         self._jobs: OrderedDict[str, _Job] = OrderedDict()
@@ -136,6 +147,8 @@ class IngestJobs:
                     self.store, job.tenant, job.documents, progress, self.indexer
                 )
             job.status = "done"
+            if self.retriever is not None:
+                await self.retriever.refresh(job.tenant)
         except asyncio.CancelledError:
             job.status = "cancelled"
             raise
@@ -158,6 +171,4 @@ class IngestJobs:
         tasks = [j.task for j in self._jobs.values() if j.task is not None and not j.task.done()]
         for t in tasks:
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -3,10 +3,10 @@
 Each search reads the tenant's `kb_version` (one cheap query). When it moved, a rebuild starts
 in the background (off the event loop) and the search waits for it only briefly: small KBs
 see a change at once, large ones keep serving the previous snapshot until the new one is
-ready. Dense vectors are kept per model id; a query vector is compared only with vectors of
-its own model, and a tenant whose vectors for the configured model are incomplete keeps
-serving the model it has complete vectors for (or BM25 alone) while a background job embeds
-the rest.
+ready. New chunks are searchable by BM25 as soon as the rebuild is in; a background job then
+embeds them (embedding is ~50x slower than indexing). Dense vectors are kept per model id; a
+query vector is compared only with vectors of its own model, and after a model change the
+old model keeps serving until the new one covers the tenant at least as well.
 """
 
 from __future__ import annotations
@@ -118,9 +118,8 @@ class KBRetriever(Retriever):
         tasks = list(self._tasks)
         for t in tasks:
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        # gather collects the children's CancelledErrors, yet raises if close() is cancelled.
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
@@ -181,6 +180,8 @@ class KBRetriever(Retriever):
             return
         idx = self._state(tenant).index
         fresh = self._fresh_vectors.setdefault(model_id, {})
+        if len(fresh) > 200_000:
+            fresh.clear()  # vectors of chunks that were never stored; the rebuild re-embeds
         todo = [
             c
             for c in chunks
@@ -211,6 +212,19 @@ class KBRetriever(Retriever):
         if out:
             await self.store.save_vectors(tenant, model_id, out)
 
+    async def refresh(self, tenant: str) -> None:
+        """Start bringing the tenant's index up to date in the background (after an ingest,
+        so embedding starts before the next question arrives). Never waits for it."""
+        if self._closed:
+            return
+        version = await self.store.kb_version(tenant)
+        state = self._state(tenant)
+        if state.index is None or state.index.version != version:
+            if state.rebuild is None or state.rebuild.done():
+                state.rebuild = self._spawn(self._rebuild(tenant), f"kb-rebuild:{tenant}")
+        elif self._model is not None and state.index.missing_vectors(self._model):
+            self._schedule_embed(tenant)
+
     async def forget_document(self, tenant: str, doc_id: str) -> None:
         self._forgotten.setdefault(tenant, {})[doc_id] = next(self._seq)
 
@@ -231,7 +245,7 @@ class KBRetriever(Retriever):
         # Validate filters before paying for an embedding.
         mask = idx.allowed(filters, tuple(self._forgotten.get(tenant, {})))
         embedder: Embedder | None = None
-        if idx.dense is not None and idx.dense.complete:
+        if idx.dense is not None and idx.dense.usable:
             embedder = self._embedders.get(idx.dense.model_id)
         result = await asyncio.to_thread(self._search_sync, idx, embedder, query, k, mask)
         return result
@@ -259,7 +273,7 @@ class KBRetriever(Retriever):
                 break
         if not hits:
             return EMPTY_RESULT
-        mode = "hybrid" if qvec is not None else "bm25"
+        mode = ("hybrid" if qvec is not None else "bm25") + ("_labeled" if idx.labeled else "")
         confidence = self.calibrators[mode].predict(ranked.features)
         return RetrievalResult(tuple(hits), confidence)
 
@@ -291,8 +305,9 @@ class KBRetriever(Retriever):
         else:
             # Brief wait: a small KB's change (a deletion above all) shows at once; a big
             # rebuild keeps running while the previous snapshot serves.
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(task), self.fresh_wait_s)
+            if self.fresh_wait_s > 0:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(task), self.fresh_wait_s)
         return state
 
     async def _rebuild(self, tenant: str) -> TenantIndex:
@@ -301,10 +316,8 @@ class KBRetriever(Retriever):
         chunks = await self.store.list_chunks(tenant)
         state = self._state(tenant)
         old = state.index
-        token_cache = (
-            {c.chunk_id: t for c, t in zip(old.chunks, old.tokens, strict=True)} if old else None
-        )
-        idx = await asyncio.to_thread(TenantIndex.build, tenant, version, chunks, token_cache)
+        cache = old.sketches if old is not None else None
+        idx = await asyncio.to_thread(TenantIndex.build, tenant, version, chunks, cache)
         idx = idx.with_dense(await self._dense_for(tenant, idx, old))
         if state.index is None or state.index.version <= idx.version:
             state.index = idx
@@ -321,21 +334,22 @@ class KBRetriever(Retriever):
     async def _dense_for(
         self, tenant: str, idx: TenantIndex, old: TenantIndex | None
     ) -> DenseMatrix | None:
-        """The best complete dense matrix for the new snapshot: the configured model's if
-        every chunk has a vector of it, else the previous snapshot's model's if still
-        complete, else the configured model's partial one (not used until complete)."""
+        """The dense matrix for the new snapshot: the configured model's when it covers the
+        chunks at least as well as the previous snapshot's model (after a model change the
+        old one keeps serving while the new one is embedded)."""
         candidates = [m for m in (self._model,) if m is not None]
         if old is not None and old.dense is not None and old.dense.model_id not in candidates:
             candidates.append(old.dense.model_id)
-        partial: DenseMatrix | None = None
+        best: DenseMatrix | None = None
         for model_id in candidates:
             dense = await self._assemble(tenant, idx, old, model_id)
             if dense is None:
                 continue
             if dense.complete:
                 return dense
-            partial = partial or dense
-        return partial
+            if best is None or dense.coverage > best.coverage:
+                best = dense
+        return best
 
     async def _assemble(
         self, tenant: str, idx: TenantIndex, old: TenantIndex | None, model_id: str
@@ -434,14 +448,10 @@ class KBRetriever(Retriever):
             dense = await asyncio.to_thread(current.dense_from, model_id, lookup, embedder.dim)
             if state.index is not current or not dense.complete:
                 state.embed_again = True  # a newer snapshot arrived meanwhile: another pass
-            elif dense.complete or not _serving(current):
+            else:
                 state.index = current.with_dense(dense)
             if not state.embed_again or self._closed:
                 return
-
-
-def _serving(idx: TenantIndex) -> bool:
-    return idx.dense is not None and idx.dense.complete
 
 
 def _default_factory(model_id: str) -> Embedder:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -39,13 +40,24 @@ def words(text: str) -> list[str]:
     return [w.replace("'", "") for w in _WORD.findall(normalize(text))]
 
 
+def analyze(text: str) -> tuple[list[str], list[str]]:
+    """`tokenize(text)` and `words(text)` from one pass of the word regex."""
+    raw = _WORD.findall(normalize(text))
+    return [t for t in map(_term, raw) if t], [w.replace("'", "") for w in raw]
+
+
+@functools.lru_cache(maxsize=200_000)
+def _term(word: str) -> str:
+    """Index term of one lower-cased word ("" for a stopword); cached, as vocabularies are
+    small next to corpora."""
+    if word.endswith(("'s", "'re", "'ve", "'ll", "'d")):
+        word = word.split("'", 1)[0]
+    word = word.replace("'", "")
+    if word in STOPWORDS or not word:
+        return ""
+    return _stem(word)
+
+
 def tokenize(text: str) -> list[str]:
     """Index and query terms: lower-cased, stopwords dropped, lightly stemmed."""
-    out: list[str] = []
-    for word in _WORD.findall(normalize(text)):
-        word = word.split("'", 1)[0] if word.endswith(("'s", "'re", "'ve", "'ll", "'d")) else word
-        word = word.replace("'", "")
-        if word in STOPWORDS or not word:
-            continue
-        out.append(_stem(word))
-    return out
+    return [t for t in map(_term, _WORD.findall(normalize(text))) if t]

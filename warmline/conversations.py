@@ -70,7 +70,8 @@ class ConversationService:
         conversation = await self.store.get_conversation(claims.conversation_id)
         if conversation.tenant != tenant:
             raise Forbidden("this session belongs to another tenant")
-        return conversation, token
+        # A fresh token on every resume: an active conversation never reaches the expiry.
+        return conversation, self.signer.issue(tenant, conversation.id, time.time())
 
     async def conversation_for_token(self, token: str) -> Conversation:
         claims = self.signer.verify(token, time.time())
@@ -205,12 +206,26 @@ class ConversationService:
         conversation = await self.store.get_conversation(conversation_id)
         return await self.transition(conversation, trigger, reason, **kwargs)
 
-    async def request_human(self, conversation_id: str) -> Conversation:
-        conversation = await self.store.get_conversation(conversation_id)
-        if conversation.state == "resolved":
-            conversation, _ = await self.transition(conversation, "reopen", "customer_message")
-        updated, _ = await self.transition(conversation, "escalate", "request_human")
-        return updated
+    async def request_human(self, conversation_id: str, attempts: int = 5) -> Conversation:
+        """Escalate; already waiting for or talking to a person counts as done.
+
+        The bot may be moving the same conversation at the same moment (its own turn on the
+        customer's last message): a lost compare-and-set is retried on fresh state.
+        """
+        for _ in range(attempts):
+            conversation = await self.store.get_conversation(conversation_id)
+            if conversation.state in ("queued", "human"):
+                return conversation
+            try:
+                if conversation.state == "resolved":
+                    conversation, _ = await self.transition(
+                        conversation, "reopen", "customer_message"
+                    )
+                updated, _ = await self.transition(conversation, "escalate", "request_human")
+                return updated
+            except Conflict:
+                continue
+        raise Conflict("the conversation keeps changing; try again")
 
     async def rate(self, conversation_id: str, score: int, comment: str) -> None:
         conversation = await self.store.get_conversation(conversation_id)

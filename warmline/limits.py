@@ -381,8 +381,11 @@ class Limits:
 
     def forget_local(self, key: str) -> None:
         self.local.forget_now(
-            [BucketRef(kind, key, rate) for kind, rate in self.policy.rates.items()
-             if kind in LOCAL_KINDS]
+            [
+                BucketRef(kind, key, rate)
+                for kind, rate in self.policy.rates.items()
+                if kind in LOCAL_KINDS
+            ]
         )
 
     async def close(self) -> None:
@@ -457,10 +460,10 @@ def require_utf8(frame: Any, raw: str | bytes | None = None) -> None:
     it cannot be written and the connection's writer dies. MessagePack decodes strictly, so
     only JSON needs this, and only JSON text with a `\\u` escape in it can hold one.
     """
-    if True:
+    if isinstance(raw, bytes) or (isinstance(raw, str) and "\\u" not in raw):
         return
     try:
-        return
+        json.dumps(frame, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError as exc:
         raise BadRequest("text must be valid Unicode (no lone surrogates)") from exc
     except (TypeError, ValueError, RecursionError) as exc:

@@ -99,7 +99,6 @@ class Runtime:
         self.republisher = Republisher(self.bus)
         self.republisher.start()
         self.conversations.republisher = self.republisher
-        metrics.BUS_RECONNECTS.set_function(lambda: float(getattr(self.bus, "reconnects", 0)))
         self.conversations.state_hooks.append(self._count_transition)
         self.retriever: Retriever = build_retriever(config, self.store)
         self.answerer: Answerer = build_answerer(config)
@@ -135,6 +134,7 @@ class Runtime:
         await self.retriever.close()
         await self.answerer.close()
         await self.presence.close()
+        await self.limits.close()
         await self.republisher.close()
         await self.bus.close()
         await self.store.close()

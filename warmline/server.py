@@ -59,6 +59,8 @@ def uvicorn_config(app: Starlette, config: Config) -> uvicorn.Config:
         ws_ping_timeout=config.heartbeat_s,
         timeout_graceful_shutdown=int(config.drain_timeout_s) + 5,
         log_level=config.log_level,
+        # warmline.logs configures every logger, uvicorn's too (JSON lines when asked).
+        log_config=None,
         lifespan="on",
         proxy_headers=True,
         forwarded_allow_ips=config.forwarded_allow_ips,

@@ -191,7 +191,8 @@ async def run_handoff(options: HandoffOptions) -> dict[str, Any]:
             )
             progress(f"[handoff] {options.agents} agents (capacity {capacity}), "
                      f"{options.customers} customers connected")
-            meter = CpuMeter({"node0": server_pid(node)})
+            clients = {f"client{i}": pid for i, pid in enumerate(workers.pids)}
+            meter = CpuMeter({"node0": server_pid(node), **clients})
             start_at = time.monotonic() + options.start_margin_s
             meter_task = asyncio.create_task(_meter_from(meter, start_at))
             results = await workers.call(
@@ -228,6 +229,8 @@ async def run_handoff(options: HandoffOptions) -> dict[str, Any]:
     return {
         "headline": {
             "all_assigned_s": all_assigned_s,
+            "assigned": float(len(assigned)),
+            "assigned_within_2s": float(sum(1 for x in assigned if x <= 2.0)),
             "all_human_s": all_human_s,
             "human_p50_ms": human_summary["p50"],
             "human_p99_ms": human_summary["p99"],

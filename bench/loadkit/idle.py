@@ -37,6 +37,7 @@ class IdleOptions:
     warmup_connections: int = 200
     settle_s: float = 3.0
     hold_s: float = 35.0  # > two heartbeat rounds at the default 15 s
+    target: str = "warmline"  # or "relay": the same for the bare websockets relay
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -131,9 +132,12 @@ class Worker:
 
 async def run_idle(options: IdleOptions) -> dict[str, Any]:
     async with Rig(options.env) as rig:
-        node = (await rig.start_nodes(1))[0]
-        pid = server_pid(node)
-        url = node.ws_url("customer")
+        if options.target == "relay":
+            relay = await rig.start_relay()
+            pid, url = relay.pid, relay.ws_url("customer")
+        else:
+            node = (await rig.start_nodes(1))[0]
+            pid, url = server_pid(node), node.ws_url("customer")
         workers = open_workers("bench.loadkit.idle", options.workers, options.inline)
         try:
             started_rss = rss_kib(pid)
@@ -147,7 +151,10 @@ async def run_idle(options: IdleOptions) -> dict[str, Any]:
             await workers.call("close_all", {}, timeout_s=60)
             await asyncio.sleep(options.settle_s)
             baseline = rss_kib(pid)
-            progress(f"[idle] server RSS {started_rss} KiB at start, {baseline} KiB after warm-up")
+            progress(
+                f"[idle] {options.target} RSS {started_rss} KiB at start, "
+                f"{baseline} KiB after warm-up"
+            )
 
             counts = split_evenly(options.connections, workers.count)
             t0 = time.monotonic()
@@ -165,7 +172,7 @@ async def run_idle(options: IdleOptions) -> dict[str, Any]:
             await asyncio.sleep(options.settle_s)
             rss_connected = rss_kib(pid)
             clients = {f"client{i}": p for i, p in enumerate(workers.pids)}
-            meter = CpuMeter({"node0": pid, **clients})
+            meter = CpuMeter({"server": pid, **clients})
             meter.start()
             await asyncio.sleep(options.hold_s)
             cpu = meter.stop()
@@ -190,12 +197,13 @@ async def run_idle(options: IdleOptions) -> dict[str, Any]:
         "rss_baseline_mib": baseline / 1024,
         "rss_connected_mib": rss_connected / 1024,
         "rss_after_hold_mib": rss_held / 1024,
-        "server_cpu_percent": cpu["node0"],
+        "server_cpu_percent": cpu["server"],
         "connect_per_s": connected / connect_s if connect_s else float("nan"),
         "other_processes_cpu_percent": cpu["others"],
     }
     return {
         "headline": headline,
+        "target": options.target,
         "connected": connected,
         "connect_errors": dict(errors),
         "connect_s": connect_s,

@@ -39,7 +39,7 @@ MAX_ATTEMPTS = 40  # per customer, consecutive failures before it gives up (repo
 @dataclass
 class ReconnectOptions:
     clients: int = 2000
-    agents: int = 20
+    agents: int = 40
     agent_rate: float = 4.0  # messages/s per agent connection (under the 5/s limit)
     workers: int = 2
     inline: bool = False
@@ -395,7 +395,10 @@ async def run_reconnect(options: ReconnectOptions) -> dict[str, Any]:
             await workers.call("traffic_start", {"rate": options.agent_rate}, timeout_s=30)
             await asyncio.sleep(options.traffic_before_s)
 
-            meter = CpuMeter({"node_b": server_pid(node_b)})
+            pids = {f"client{i}": pid for i, pid in enumerate(workers.pids)}
+            if rig.redis is not None and rig.redis.pid is not None:
+                pids["redis"] = rig.redis.pid
+            meter = CpuMeter({"node_b": server_pid(node_b), **pids})
             meter.start()
             t_kill = time.monotonic()
             await asyncio.to_thread(node_a.kill)

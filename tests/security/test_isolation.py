@@ -276,8 +276,10 @@ async def test_nothing_of_b_reaches_a_while_b_is_busy(
     ] == "ack"
     # B's own queue frame shows B's movement (so A really was listening while it happened).
     await b_agent.recv_until(
-        lambda f: f.get("type") == "queue"
-        and any(i["conversation_id"] == b_welcome["conversation_id"] for i in f["items"])
+        lambda f: (
+            f.get("type") == "queue"
+            and any(i["conversation_id"] == b_welcome["conversation_id"] for i in f["items"])
+        )
     )
     # A's connections answer a ping after all of that: whatever was for them has arrived.
     for client in (a_agent, a_watcher, a_customer):
