@@ -37,7 +37,7 @@ def write_jsonl(path: str, rows: list[tuple[str, str | None]]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--src", default=DEFAULT_SRC)
-    ap.add_argument("--out", default="bench/data/banking77")
+    ap.add_argument("--out", default="/tmp/banking77-jsonl")
     ap.add_argument("--oos-intents", type=int, default=10)
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()

@@ -149,7 +149,8 @@ def build_runner(args: argparse.Namespace) -> Callable[[], Awaitable[dict[str, A
         idle = IdleOptions(
             connections=args.connections, workers=args.workers, inline=args.inline,
             concurrency=args.concurrency, hold_s=args.hold, settle_s=args.settle,
-            warmup_connections=args.warmup_connections, target=args.target, env=env,
+            warmup_connections=args.warmup_connections, target=args.target,
+            compression=args.compression, env=env,
         )
         return lambda: run_idle(idle)
     if args.scenario in ("chat", "chat-nodes"):
@@ -219,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     idle.add_argument("--warmup-connections", type=int, default=200)
     idle.add_argument("--target", choices=("warmline", "relay"), default="warmline",
                       help="relay: the same against bench/ceiling_relay.py, for reference")
+    idle.add_argument("--compression", action="store_true",
+                      help="clients offer permessage-deflate, as browsers do")
 
     for name, text in (("chat", "chat to saturation, then the ceiling relay"),
                        ("chat-nodes", "chat on one node, then across two nodes via Redis")):

@@ -8,8 +8,9 @@ Held-out data, never test.csv:
   out-of-scope queries) and 15% of the other intents' lines (in-scope queries); the rest is KB.
   Labelled modes index the lines with their label; article modes index each intent as a
   document of unlabelled chunks (an FAQ-style KB).
-- The demo KB with bench/data/demo_kb_queries.jsonl (paraphrased questions labelled with the
-  document that answers them, plus off-topic questions), so the article fit also covers
+- The demo KB with tests/retrieval/data/demo_kb_queries.jsonl (paraphrased questions
+  labelled with the document that answers them, plus off-topic questions), so the article
+  fit also covers
   knowledge bases where a query meets a long passage, not another short question.
 The outcome for a query is "the top hit is right" (always false for out-of-scope queries).
 Prints the fitted coefficients, log-loss, ECE and AUROC per source and mode.
@@ -41,7 +42,7 @@ from warmline.models import Chunk
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_KB = ROOT / "warmline" / "demo_kb"
-DEMO_QUERIES = ROOT / "bench" / "data" / "demo_kb_queries.jsonl"
+DEMO_QUERIES = ROOT / "tests" / "retrieval" / "data" / "demo_kb_queries.jsonl"
 
 Row = tuple[dict[str, float], bool]
 

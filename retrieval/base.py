@@ -39,6 +39,10 @@ class Retriever(abc.ABC):
     ) -> RetrievalResult:
         """Best chunks of `tenant` only; `filters` may narrow by `lang` and `doc_type`."""
 
+    def start(self) -> None:
+        """Begin background work (loading an embedding model) without waiting for it."""
+        return None
+
     async def refresh(self, tenant: str) -> None:
         """Start bringing the tenant's index up to date in the background (after an ingest)."""
         return None

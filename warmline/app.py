@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from realtime.agent import AgentConnection, SupervisorConnection
+from retrieval.jobs import sources_from_json
 from realtime.customer import CustomerConnection
 from warmline.config import Config
 from warmline.demo import DemoInfo, seed_demo
-from warmline.errors import Forbidden, Unauthorized, WarmlineError
+from warmline.errors import BadRequest, Forbidden, NotFound, TooLarge, Unauthorized, WarmlineError
 from warmline.runtime import Runtime
 
 STATIC = Path(__file__).resolve().parent.parent / "web" / "static"
@@ -70,6 +72,79 @@ async def api_stats(request: Request) -> Response:
         if tenant != supervisor.tenant:
             raise Forbidden("another tenant's stats")
         return JSONResponse(await _runtime(request).stats.snapshot(tenant))
+    except WarmlineError as exc:
+        return error_response(exc)
+
+
+MAX_KB_BODY_BYTES = 16 * 1024 * 1024
+
+
+async def _supervisor_tenant(request: Request) -> tuple[Any, str]:
+    supervisor = await bearer_agent(request, "supervisor")
+    tenant = request.query_params.get("tenant") or supervisor.tenant
+    if tenant != supervisor.tenant:
+        raise Forbidden("another tenant's knowledge base")
+    return supervisor, tenant
+
+
+async def api_kb_ingest(request: Request) -> Response:
+    """Queue documents for ingestion; 202 with the job, whose progress GET /jobs/{id} shows."""
+    try:
+        _, tenant = await _supervisor_tenant(request)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_KB_BODY_BYTES:
+            raise TooLarge(f"body larger than {MAX_KB_BODY_BYTES} bytes")
+        body = await request.body()
+        if len(body) > MAX_KB_BODY_BYTES:
+            raise TooLarge(f"body larger than {MAX_KB_BODY_BYTES} bytes")
+        try:
+            payload = json.loads(body)
+        except ValueError as exc:
+            raise BadRequest("the body must be JSON") from exc
+        jobs = _runtime(request).ingest_jobs
+        job_id = jobs.start(tenant, sources_from_json(payload))
+        return JSONResponse(jobs.status(job_id), status_code=202)
+    except WarmlineError as exc:
+        return error_response(exc)
+
+
+async def api_kb_job(request: Request) -> Response:
+    try:
+        _, tenant = await _supervisor_tenant(request)
+        return JSONResponse(
+            _runtime(request).ingest_jobs.status(request.path_params["job_id"], tenant=tenant)
+        )
+    except WarmlineError as exc:
+        return error_response(exc)
+
+
+async def api_kb_documents(request: Request) -> Response:
+    try:
+        _, tenant = await _supervisor_tenant(request)
+        documents = await _runtime(request).store.list_documents(tenant)
+        return JSONResponse(
+            {
+                "documents": [
+                    {"doc_id": d.doc_id, "title": d.title, "url": d.url,
+                     "updated_at": d.updated_at}
+                    for d in documents
+                ]
+            }
+        )
+    except WarmlineError as exc:
+        return error_response(exc)
+
+
+async def api_kb_delete(request: Request) -> Response:
+    try:
+        _, tenant = await _supervisor_tenant(request)
+        runtime = _runtime(request)
+        doc_id = request.path_params["doc_id"]
+        if not await runtime.store.delete_document(tenant, doc_id):
+            raise NotFound(f"no document {doc_id!r}")
+        # Gone from answers at once on this node; other nodes see the kb_version change.
+        await runtime.retriever.forget_document(tenant, doc_id)
+        return JSONResponse({"deleted": doc_id})
     except WarmlineError as exc:
         return error_response(exc)
 
@@ -136,6 +211,10 @@ def create_app(config: Config | None = None) -> Starlette:
         Route("/metrics", metrics_endpoint),
         Route("/v1/api/stats", api_stats),
         Route("/v1/api/demo", api_demo),
+        Route("/v1/api/kb/documents", api_kb_documents, methods=["GET"]),
+        Route("/v1/api/kb/documents", api_kb_ingest, methods=["POST"]),
+        Route("/v1/api/kb/documents/{doc_id:path}", api_kb_delete, methods=["DELETE"]),
+        Route("/v1/api/kb/jobs/{job_id}", api_kb_job, methods=["GET"]),
         WebSocketRoute("/v1/ws/customer", ws_endpoint(CustomerConnection)),
         WebSocketRoute("/v1/ws/agent", ws_endpoint(AgentConnection)),
         WebSocketRoute("/v1/ws/supervisor", ws_endpoint(SupervisorConnection)),

@@ -47,7 +47,7 @@ class Config:
     # Bot and retrieval
     confidence_threshold: float = 0.5
     bot_name: str = "Warmline Bot"
-    retriever: str = "bm25"  # bm25 | hybrid
+    retriever: str = "hybrid"  # hybrid (BM25 + dense embeddings) | bm25
     embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"
 
     # LLM (optional; with no base URL the extractive answerer is used)

@@ -20,6 +20,7 @@ from presence.dispatcher import Dispatcher
 from realtime.ratelimit import TokenBucket
 from retrieval.base import Retriever
 from retrieval.factory import build_retriever
+from retrieval.jobs import IngestJobs
 from warmline import metrics
 from warmline.bot import BotRunner
 from warmline.bus.base import Bus
@@ -101,6 +102,8 @@ class Runtime:
         self.conversations.republisher = self.republisher
         self.conversations.state_hooks.append(self._count_transition)
         self.retriever: Retriever = build_retriever(config, self.store)
+        self.retriever.start()  # the embedding model loads in the background; BM25 serves meanwhile
+        self.ingest_jobs = IngestJobs(self.store, retriever=self.retriever)
         self.answerer: Answerer = build_answerer(config)
         self.bot = BotRunner(config, self.conversations, self.retriever, self.answerer, self.tasks)
         self.conversations.customer_message_hooks.append(self.bot.on_customer_message)
@@ -131,6 +134,7 @@ class Runtime:
         self.draining = True
         await self.dispatcher.close()
         await self.tasks.close(timeout_s=5.0)
+        await self.ingest_jobs.close()
         await self.retriever.close()
         await self.answerer.close()
         await self.presence.close()

@@ -38,6 +38,7 @@ class IdleOptions:
     settle_s: float = 3.0
     hold_s: float = 35.0  # > two heartbeat rounds at the default 15 s
     target: str = "warmline"  # or "relay": the same for the bare websockets relay
+    compression: bool = False  # offer permessage-deflate, like a browser
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -64,7 +65,12 @@ class Worker:
         self.heartbeat_s = 15.0
 
     async def cmd_connect(
-        self, url: str, count: int, concurrency: int, timeout_s: float = 60.0
+        self,
+        url: str,
+        count: int,
+        concurrency: int,
+        timeout_s: float = 60.0,
+        compression: bool = False,
     ) -> dict[str, Any]:
         gate = asyncio.Semaphore(concurrency)
         errors: Counter[str] = Counter()
@@ -73,7 +79,7 @@ class Worker:
         async def one() -> None:
             async with gate:
                 try:
-                    ws = await open_socket(url, timeout_s)
+                    ws = await open_socket(url, timeout_s, compression)
                 except Exception as exc:
                     errors[type(exc).__name__] += 1
                     return
@@ -145,7 +151,11 @@ async def run_idle(options: IdleOptions) -> dict[str, Any]:
             counts = split_evenly(options.warmup_connections, workers.count)
             await workers.call(
                 "connect",
-                [{"url": url, "count": c, "concurrency": options.concurrency} for c in counts],
+                [
+                    {"url": url, "count": c, "concurrency": options.concurrency,
+                     "compression": options.compression}
+                    for c in counts
+                ],
                 timeout_s=120,
             )
             await workers.call("close_all", {}, timeout_s=60)
@@ -160,7 +170,11 @@ async def run_idle(options: IdleOptions) -> dict[str, Any]:
             t0 = time.monotonic()
             results = await workers.call(
                 "connect",
-                [{"url": url, "count": c, "concurrency": options.concurrency} for c in counts],
+                [
+                    {"url": url, "count": c, "concurrency": options.concurrency,
+                     "compression": options.compression}
+                    for c in counts
+                ],
                 timeout_s=600,
             )
             connect_s = time.monotonic() - t0

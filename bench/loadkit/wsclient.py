@@ -30,12 +30,15 @@ class PeerClosed(ConnectionError):
     pass
 
 
-async def open_socket(url: str, timeout_s: float = 30.0) -> ClientConnection:
-    # No compression (nor on the ceiling relay): both sides of the comparison pay the same.
+async def open_socket(
+    url: str, timeout_s: float = 30.0, compression: bool = False
+) -> ClientConnection:
+    # No compression by default (nor on the ceiling relay): both sides of a comparison pay
+    # the same. `compression=True` offers permessage-deflate, as every browser does.
     # No client keepalive pings: the server pings, and the application heartbeat is ours.
     return await websockets.connect(
         url,
-        compression=None,
+        compression="deflate" if compression else None,
         max_size=None,
         max_queue=None,
         ping_interval=None,

@@ -144,6 +144,9 @@ class ServerProcess:
     def post(self, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.post(self.url + path, timeout=30, **kwargs)
 
+    def client_delete(self, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.delete(self.url + path, timeout=30, **kwargs)
+
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run `warmline ARGS --db <this db>` and return the completed process."""
         return run_cli(*args, "--db", self.db, env=self.extra_env)
