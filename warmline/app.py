@@ -17,8 +17,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from realtime.agent import AgentConnection, SupervisorConnection
-from retrieval.jobs import sources_from_json
 from realtime.customer import CustomerConnection
+from retrieval.jobs import sources_from_json
 from warmline.config import Config
 from warmline.demo import DemoInfo, seed_demo
 from warmline.errors import BadRequest, Forbidden, NotFound, TooLarge, Unauthorized, WarmlineError
