@@ -52,7 +52,9 @@ class Client:
 
     async def _read(self, timeout: float) -> Frame:
         raw = await asyncio.wait_for(self.ws.recv(), timeout)
-        frame: Frame = msgpack.unpackb(raw, raw=False) if isinstance(raw, bytes) else json.loads(raw)
+        frame: Frame = (
+            msgpack.unpackb(raw, raw=False) if isinstance(raw, bytes) else json.loads(raw)
+        )
         self.received.append(frame)
         if frame.get("type") == "event":
             self.events.append(frame)
@@ -104,7 +106,9 @@ class Client:
 
     # Roles -----------------------------------------------------------------------------------
     @classmethod
-    async def customer(cls, server_url: str, tenant: str = "demo", **kwargs: Any) -> tuple[Client, Frame]:
+    async def customer(
+        cls, server_url: str, tenant: str = "demo", **kwargs: Any
+    ) -> tuple[Client, Frame]:
         client = await cls.connect(server_url, **kwargs)
         welcome = await client.request({"type": "hello", "tenant": tenant})
         assert welcome["type"] == "welcome", welcome

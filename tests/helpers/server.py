@@ -58,14 +58,28 @@ class ServerProcess:
 
     # Lifecycle -------------------------------------------------------------------------------
     def start(self) -> ServerProcess:
-        command = [sys.executable, "-m", "warmline.cli", "serve", "--db", self.db,
-                   "--host", "127.0.0.1", "--port", str(self.port)]
+        command = [
+            sys.executable,
+            "-m",
+            "warmline.cli",
+            "serve",
+            "--db",
+            self.db,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         if self.demo:
             command.append("--demo")
         if self.redis_url:
             command += ["--redis-url", self.redis_url]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "WARMLINE_LOG_LEVEL": "warning",
-               **self.extra_env}
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "WARMLINE_LOG_LEVEL": "warning",
+            **self.extra_env,
+        }
         env.pop("PORT", None)
         if self.node_id:
             env["WARMLINE_NODE_ID"] = self.node_id
@@ -175,7 +189,9 @@ def run_cli(*args: str, env: Mapping[str, str] | None = None) -> subprocess.Comp
 
 
 @contextmanager
-def running_server(tmp_path: Path, name: str = "warmline.db", **kwargs: Any) -> Iterator[ServerProcess]:
+def running_server(
+    tmp_path: Path, name: str = "warmline.db", **kwargs: Any
+) -> Iterator[ServerProcess]:
     server = ServerProcess(tmp_path / name, **kwargs)
     with server:
         yield server

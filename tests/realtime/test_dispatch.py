@@ -117,7 +117,9 @@ async def test_disconnected_agent_is_requeued_after_grace(fast_server: ServerPro
     customer, conversation_id = await queued_customer(fast_server.ws_url())
     await agent.recv_type("assigned", conversation_id=conversation_id)
     # A short blip within the grace period changes nothing...
-    await agent.request({"type": "message", "conversation_id": conversation_id, "id": "hi", "text": "Hello!"})
+    await agent.request(
+        {"type": "message", "conversation_id": conversation_id, "id": "hi", "text": "Hello!"}
+    )
     await agent.close()
     requeued = await customer.recv_until(
         lambda f: f.get("kind") == "state" and f.get("to") == "queued" and f.get("from") == "human",
@@ -125,7 +127,9 @@ async def test_disconnected_agent_is_requeued_after_grace(fast_server: ServerPro
     )
     assert requeued["reason"] == "agent_disconnected"
     # ...and when the agent is back, the conversation is dispatched again.
-    agent, welcome = await Client.agent(fast_server.ws_url("agent"), fast_server.agent_token, capacity=1)
+    agent, _welcome = await Client.agent(
+        fast_server.ws_url("agent"), fast_server.agent_token, capacity=1
+    )
     await agent.recv_type("assigned", conversation_id=conversation_id)
     await agent.close()
     await customer.close()

@@ -23,7 +23,9 @@ async def test_whole_journey(demo_server: ServerProcess) -> None:
     assert welcome["state"] == "bot" and welcome["last_seq"] == 0 and welcome["token"]
 
     # A confident answer, streamed, with its source.
-    ack = await customer.request({"type": "message", "id": "q1", "text": "How do I reset my password?"})
+    ack = await customer.request(
+        {"type": "message", "id": "q1", "text": "How do I reset my password?"}
+    )
     assert ack == {"type": "ack", "id": "q1", "seq": 1, "ref": ack["ref"]}
     answer = await customer.recv_until(is_bot_message)
     assert answer["sources"] and answer["sources"][0]["url"].startswith("https://")
@@ -36,7 +38,7 @@ async def test_whole_journey(demo_server: ServerProcess) -> None:
     confused = await customer.recv_until(is_state("confused"))
     assert confused["reason"] == "low_confidence"
     # The customer accepts a human: queued, with position and ETA.
-    agent, agent_welcome = await Client.agent(
+    agent, _agent_welcome = await Client.agent(
         demo_server.ws_url("agent"), demo_server.agent_token, status="away"
     )
     await customer.request({"type": "message", "id": "q3", "text": "yes please"})
@@ -46,8 +48,10 @@ async def test_whole_journey(demo_server: ServerProcess) -> None:
     assert position["position"] >= 1 and position["eta_s"] >= 0
 
     queue = await agent.recv_until(
-        lambda f: f.get("type") == "queue"
-        and any(i["conversation_id"] == conversation_id for i in f["items"])
+        lambda f: (
+            f.get("type") == "queue"
+            and any(i["conversation_id"] == conversation_id for i in f["items"])
+        )
     )
     item = next(i for i in queue["items"] if i["conversation_id"] == conversation_id)
     assert item["reason"] == "accepted_human" and item["preview"] == "yes please"
@@ -58,7 +62,9 @@ async def test_whole_journey(demo_server: ServerProcess) -> None:
     context = assigned["context"]
     assert context["reason"] == "accepted_human"
     assert "password" in context["summary"].lower()
-    assert [e["seq"] for e in context["transcript"]] == list(range(1, len(context["transcript"]) + 1))
+    assert [e["seq"] for e in context["transcript"]] == list(
+        range(1, len(context["transcript"]) + 1)
+    )
     human = await customer.recv_until(is_state("human"))
     assert human["agent"]["name"] == "Alex"
 
@@ -66,7 +72,9 @@ async def test_whole_journey(demo_server: ServerProcess) -> None:
     await agent.send({"type": "typing", "conversation_id": conversation_id, "on": True})
     typing = await customer.recv_type("typing")
     assert typing["role"] == "agent" and typing["on"] is True
-    await agent.request({"type": "message", "conversation_id": conversation_id, "id": "a1", "text": "Hi, Alex here"})
+    await agent.request(
+        {"type": "message", "conversation_id": conversation_id, "id": "a1", "text": "Hi, Alex here"}
+    )
     from_agent = await customer.recv_until(
         lambda f: f.get("type") == "event" and f.get("author", {}).get("role") == "agent"
     )
@@ -79,9 +87,7 @@ async def test_whole_journey(demo_server: ServerProcess) -> None:
         lambda f: f.get("type") == "event" and f.get("text") == "Thanks, that fixed it"
     )
     # The bot never speaks while a human owns the conversation.
-    assert not any(
-        is_bot_message(f) and f["seq"] > human["seq"] for f in customer.events
-    )
+    assert not any(is_bot_message(f) and f["seq"] > human["seq"] for f in customer.events)
 
     # Resolve, rate, then the customer writes again: reopened to the bot.
     ack = await agent.request({"type": "resolve", "conversation_id": conversation_id})
@@ -89,7 +95,9 @@ async def test_whole_journey(demo_server: ServerProcess) -> None:
     await customer.recv_until(is_state("resolved"))
     rated = await customer.request({"type": "rate", "score": 5, "comment": "great"})
     assert rated["type"] == "ack"
-    await customer.request({"type": "message", "id": "q5", "text": "Which payment methods do you accept?"})
+    await customer.request(
+        {"type": "message", "id": "q5", "text": "Which payment methods do you accept?"}
+    )
     reopened = await customer.recv_until(is_state("bot"))
     assert reopened["reason"] == "customer_message"
     reply = await customer.recv_until(lambda f: is_bot_message(f) and f["seq"] > reopened["seq"])
@@ -178,7 +186,9 @@ async def test_unknown_tenant_and_bad_token(demo_server: ServerProcess) -> None:
 async def test_concurrent_customers_get_their_own_events(demo_server: ServerProcess) -> None:
     async def one(i: int) -> list[int]:
         client, _ = await Client.customer(demo_server.ws_url())
-        await client.request({"type": "message", "id": "x", "text": "what payment methods do you accept"})
+        await client.request(
+            {"type": "message", "id": "x", "text": "what payment methods do you accept"}
+        )
         await client.recv_until(is_bot_message)
         await client.close()
         return [f["seq"] for f in client.events]

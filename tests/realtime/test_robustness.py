@@ -69,9 +69,13 @@ BAD_AGENT_FRAMES: list[dict] = [
 
 async def test_malformed_frames_get_errors_and_change_nothing(demo_server: ServerProcess) -> None:
     customer, welcome = await Client.customer(demo_server.ws_url())
-    await customer.request({"type": "message", "id": "first", "text": "How do I reset my password?"})
+    await customer.request(
+        {"type": "message", "id": "first", "text": "How do I reset my password?"}
+    )
     await customer.recv_until(lambda f: f.get("type") == "event" and f["author"]["role"] == "bot")
-    agent, _ = await Client.agent(demo_server.ws_url("agent"), demo_server.agent_token, status="away")
+    agent, _ = await Client.agent(
+        demo_server.ws_url("agent"), demo_server.agent_token, status="away"
+    )
     before = snapshot(demo_server.db)
 
     for raw in BAD_CUSTOMER_FRAMES:
@@ -127,8 +131,12 @@ async def test_drain_on_sigterm_sends_reconnect_then_1012(tmp_path: Path) -> Non
         assert await asyncio.to_thread(server.wait, 30) in (0, -signal.SIGTERM)
         # Nothing written before the drain is lost: a restarted node replays it.
         server.start()
-        resumed, again = await Client.resume(server.ws_url(), welcome["token"], 0)
-        await resumed.recv_until(lambda f: f.get("type") == "event" and f.get("id") and f.get("text") == "Where is my order?")
+        resumed, _again = await Client.resume(server.ws_url(), welcome["token"], 0)
+        await resumed.recv_until(
+            lambda f: (
+                f.get("type") == "event" and f.get("id") and f.get("text") == "Where is my order?"
+            )
+        )
         await resumed.close()
     finally:
         server.stop()
@@ -142,7 +150,9 @@ def tight_server(tmp_path: Path) -> Iterator[ServerProcess]:
         yield server
 
 
-async def test_dead_connection_is_noticed_within_two_heartbeats(tight_server: ServerProcess) -> None:
+async def test_dead_connection_is_noticed_within_two_heartbeats(
+    tight_server: ServerProcess,
+) -> None:
     customer, welcome = await Client.customer(tight_server.ws_url())
     assert welcome["heartbeat_s"] == 0.5
     # A client that says nothing at all is closed after two missed heartbeats.
