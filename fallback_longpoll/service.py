@@ -220,7 +220,9 @@ class LongPoll:
         await _check_origin(runtime, request, conversation.tenant)
         if runtime.draining:
             return [self._reconnect(runtime)]
-        key = token_key(params.token)
+        # Keyed by conversation, not token: a resume hands out a fresh token, and the poll
+        # still open under the old one must be released by the new one all the same.
+        key = token_key(conversation.id)
         poll_id = new_id("lp")
         for older in self.limiter.admit(poll_id, key, ip):
             inbox = self._inboxes.get(older)

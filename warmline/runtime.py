@@ -17,7 +17,6 @@ from llm.base import Answerer
 from llm.factory import build_answerer
 from presence.backend import MemoryPresence, PresenceBackend
 from presence.dispatcher import Dispatcher
-from realtime.ratelimit import TokenBucket
 from retrieval.base import Retriever
 from retrieval.factory import build_retriever
 from retrieval.jobs import IngestJobs
@@ -45,8 +44,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("warmline.runtime")
 
 # The defaults of Config.rate_message_* / rate_typing_* (per second, burst); Config rules.
-MESSAGE_RATE = (5.0, 20.0)  # per connection: 5 messages/s sustained, bursts of 20
-TYPING_RATE = (4.0, 8.0)
 
 
 class ConnectionRegistry:
@@ -82,7 +79,6 @@ class Runtime:
         self.draining = False
         self.connections = ConnectionRegistry()
         self.tasks = TaskOwner("background")
-        self._buckets: dict[tuple[str, str], TokenBucket] = {}
         self.started_at = time.time()
 
     async def start(self) -> None:

@@ -6,6 +6,7 @@ document from disk; no server runs. A failure lists exactly what the document la
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Iterable, Iterator
@@ -106,6 +107,38 @@ def test_every_route_is_documented() -> None:
         if not re.search(rf"(?<![\w/.{{}}-]){re.escape(path)}(?![\w/.{{}}-])", endpoints)
     )
     assert missing == []
+
+
+def test_every_configuration_variable_named_exists_with_the_default_shown() -> None:
+    fields = {f.name: f.default for f in dataclasses.fields(Config)}
+    # `WARMLINE_RATE_…` (a prefix, spelled out in the rate-limit table) ends with `_`.
+    named = {m for m in re.findall(r"WARMLINE_([A-Z0-9_]+)", doc()) if not m.endswith("_")}
+    assert sorted(n for n in named if n.lower() not in fields) == []
+    shown = re.findall(r"`WARMLINE_([A-Z0-9_]+)` = ([0-9][0-9.]*)( days)?", doc())
+    assert shown, "no `WARMLINE_X` = default found"
+    wrong = []
+    for name, value, days in shown:
+        documented = float(value.rstrip(".")) * (86400 if days else 1)
+        if documented != fields[name.lower()]:
+            wrong.append(f"{name} = {value}{days} (code: {fields[name.lower()]})")
+    assert wrong == []
+
+
+def test_every_rate_limit_and_its_defaults_are_documented() -> None:
+    config = Config()
+    row = r"^\| `([A-Z_]+)_PER_S`, `\1_BURST` \| ([0-9.]+), ([0-9.]+) \|"
+    rows = re.findall(row, section("Rate limits"), re.M)
+    documented = {kind.lower(): (float(rate), float(burst)) for kind, rate, burst in rows}
+    expected = {
+        f.name[len("rate_") : -len("_per_s")]: (
+            getattr(config, f.name),
+            getattr(config, f.name.replace("_per_s", "_burst")),
+        )
+        for f in dataclasses.fields(Config)
+        if f.name.startswith("rate_") and f.name.endswith("_per_s")
+    }
+    assert expected, "Config defines no rate_*_per_s fields"
+    assert documented == expected
 
 
 def test_the_section_finder_and_the_route_walk_are_strict() -> None:
