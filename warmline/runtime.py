@@ -7,6 +7,7 @@ The app's lifespan owns one Runtime and hands it to endpoints through `request.s
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -97,10 +98,15 @@ class Runtime:
         self.republisher.start()
         self.conversations.republisher = self.republisher
         self.conversations.state_hooks.append(self._count_transition)
+        self.answerer: Answerer = build_answerer(config)
+        if config.retriever == "hybrid":
+            # Import the embedding stack here, before the model loads on a worker thread:
+            # it shares modules (httpx) with the LLM client, and two threads importing one
+            # module at once can see it half-initialised. Nothing is served yet.
+            await asyncio.to_thread(importlib.import_module, "fastembed")
         self.retriever: Retriever = build_retriever(config, self.store)
         self.retriever.start()  # the embedding model loads in the background; BM25 serves meanwhile
         self.ingest_jobs = IngestJobs(self.store, retriever=self.retriever)
-        self.answerer: Answerer = build_answerer(config)
         self.bot = BotRunner(config, self.conversations, self.retriever, self.answerer, self.tasks)
         self.conversations.customer_message_hooks.append(self.bot.on_customer_message)
         self.dispatcher = Dispatcher(config, self.conversations, self.presence, self.tasks)
