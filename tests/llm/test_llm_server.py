@@ -6,7 +6,6 @@ owns the conversation."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
