@@ -140,15 +140,6 @@ class ConversationService:
             await self.publish_event(event)
         return event
 
-    async def system_message(self, conversation_id: str, text: str) -> Event:
-        event, _ = await self.store.append_message(
-            MessageRequest(
-                conversation_id, "", {"role": "system", "id": "system", "name": "Warmline"}, text
-            )
-        )
-        await self.publish_event(event)
-        return event
-
     async def typing(
         self, conversation_id: str, role: str, on: bool, origin: str, name: str = ""
     ) -> None:

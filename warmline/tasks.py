@@ -64,7 +64,8 @@ class Coalescer:
             self._again.add(key)
             return
         self._running.add(key)
-        self._owner.spawn(self._run(key), name=f"{self._name}:{key}")
+        if self._owner.spawn(self._run(key), name=f"{self._name}:{key}") is None:
+            self._running.discard(key)  # the owner is closing: nothing more will run
 
     async def _run(self, key: str) -> None:
         try:
