@@ -234,6 +234,12 @@ class Dispatcher:
         return items, positions
 
     async def publish_queue(self, tenant: str) -> None:
+        await self._publish_queue_now(tenant)
+        # Every frame carries the whole queue, so sending one per change is quadratic in a
+        # storm. Changes that arrive during this pause coalesce into one more run after it.
+        await asyncio.sleep(self.config.queue_frame_interval_s)
+
+    async def _publish_queue_now(self, tenant: str) -> None:
         items, positions = await self.queue_snapshot(tenant)
         await self.conversations.publish(
             channels.tenant_queue(tenant), {"type": "queue", "items": items}

@@ -7,6 +7,7 @@ a pure function of (state, trigger, reason); persistence by compare-and-set is t
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +115,13 @@ _MACHINE = _build_machine()
 
 def next_state(state: str, trigger: str, reason: str) -> str:
     """The state after `trigger` with `reason`, or InvalidTransition; nothing is mutated."""
+    return _next_state(state, trigger, reason)
+
+
+@functools.lru_cache(maxsize=1024)
+def _next_state(state: str, trigger: str, reason: str) -> str:
+    # Pure, so memoized: driving the `transitions` machine costs far more than a lookup
+    # (refusals raise and are not cached; the key space of valid ones is tiny).
     if state not in STATES:
         raise InvalidTransition(f"unknown state {state!r}")
     if trigger not in TRIGGERS:

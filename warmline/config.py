@@ -43,6 +43,7 @@ class Config:
     dispatch_tick_s: float = 1.0
     default_handle_time_s: float = 180.0
     presence_ttl_s: float = 45.0
+    queue_frame_interval_s: float = 0.25  # queue frames of a tenant at most this often
 
     # Bot and retrieval
     confidence_threshold: float = 0.5

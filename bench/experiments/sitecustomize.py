@@ -6,6 +6,9 @@ edits the server: nothing here is imported unless a benchmark passes
     WL_EXP_ENCODE_ONCE=1       encode a frame once for all the connections it goes to
     WL_EXP_STATE_CACHE=1       memoize the pure state machine's next_state
     WL_EXP_NO_METRICS=1        skip the per-frame Prometheus updates
+    WL_EXP_INLINE_READS=1      run store reads on the event loop thread (no thread hop)
+    WL_EXP_INLINE_STORE=1      run every store call on the event loop thread (no threads;
+                               single node only: a write could wait on another node's lock)
     WL_EXP_SWITCH_INTERVAL=S   sys.setswitchinterval(S) (GIL hand-over between threads)
     WL_EXP_CPROFILE=FILE       cProfile the event loop thread (CPU time with WL_EXP_CPU=1);
                                written when the node stops
@@ -86,6 +89,40 @@ def _no_metrics() -> None:
         setattr(runtime.Runtime, name, lambda self, *args: None)
 
 
+def _inline_reads() -> None:
+    import sqlite3
+
+    from warmline.errors import Unavailable
+    from warmline.store import sqlite as store
+
+    async def _read(self: Any, fn: Any) -> Any:
+        # Point reads in WAL mode take microseconds and never wait for the writer.
+        if self._reader is None:
+            raise Unavailable("store is closed")
+        try:
+            return fn(self._raw(self._reader))
+        except sqlite3.Error as exc:
+            raise Unavailable(f"store read failed: {exc}") from exc
+
+    store.SQLiteStore._read = _read  # type: ignore[method-assign]
+
+
+def _inline_store() -> None:
+    import asyncio
+
+    from warmline.store import sqlite as store
+
+    def run_inline(conn: Any, fn: Any) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        try:
+            future.set_result(fn())
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+    store._run_in_connection_thread = run_inline
+
+
 def _cprofile(path: str) -> None:
     import cProfile
     import time
@@ -143,3 +180,7 @@ if ACTIVE:
         _state_cache()
     if os.environ.get("WL_EXP_NO_METRICS"):
         _no_metrics()
+    if os.environ.get("WL_EXP_INLINE_READS"):
+        _inline_reads()
+    if os.environ.get("WL_EXP_INLINE_STORE"):
+        _inline_store()

@@ -404,7 +404,10 @@ def aggregate_step(
         "latency_ms": summary,
         "sent": sent,
         "received": received,
+        # Not received by the end of the drain; after a saturated step they may still arrive
+        # and are then counted as `late_from_earlier_steps` by the next one.
         "lost": sent - received,
+        "late_from_earlier_steps": sum(r["stale"] for r in results),
         "errors": dict(errors),
         "skipped_sends": sum(r["skipped"] for r in results),
         "max_send_lag_ms": max((r["max_send_lag_ms"] for r in results), default=0.0),
