@@ -62,6 +62,8 @@ from warmline.store.base import MessageRequest, Store, TenantStats, TransitionRe
 from warmline.store.ids import client_key, hash_token, new_agent_token, new_id
 from warmline.store.pg_migrations import MIGRATIONS, migrate
 from warmline.store.rules import (
+    agent_from_row,
+    conversation_from_row,
     handle_time,
     message_event_data,
     message_id_for,
@@ -892,30 +894,11 @@ def _tenant(row: Sequence[Any]) -> Tenant:
 
 
 def _agent(row: Sequence[Any]) -> Agent:
-    return Agent(row[0], row[1], row[2], row[3], row[4], bool(row[5]))
+    return agent_from_row(row)
 
 
 def _conversation(row: Sequence[Any]) -> Conversation:
-    return Conversation(
-        id=row[0],
-        tenant=row[1],
-        state=row[2],
-        version=int(row[3]),
-        last_seq=int(row[4]),
-        created_at=row[5],
-        updated_at=row[6],
-        agent_id=row[7],
-        priority=int(row[8]),
-        queued_at=row[9],
-        assigned_at=row[10],
-        awaiting_agent_since=row[11],
-        escalation_reason=row[12],
-        passed_over=tuple(row[13]),
-        handed_off=bool(row[14]),
-        resolved_by=row[15],
-        rating=row[16],
-        preview=row[17],
-    )
+    return conversation_from_row(row, row[13])
 
 
 def _event(row: Sequence[Any]) -> Event:

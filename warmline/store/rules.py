@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from warmline.errors import Conflict
-from warmline.models import Conversation
+from warmline.models import Agent, Conversation
 from warmline.store.base import MessageRequest, TransitionRequest
 from warmline.store.ids import new_id
 
@@ -109,3 +109,33 @@ def refusal(request: MessageRequest, state: str, agent_id: str | None) -> Confli
     ):
         return Conflict("the conversation is not yours", state=state)
     return None
+
+
+def agent_from_row(row: Sequence[Any]) -> Agent:
+    """Columns: id, tenant, name, role, created_at, revoked."""
+    return Agent(row[0], row[1], row[2], row[3], row[4], bool(row[5]))
+
+
+def conversation_from_row(row: Sequence[Any], passed_over: Sequence[str]) -> Conversation:
+    """Columns in the order both backends select them; `passed_over` decoded by the caller
+    (JSON text in SQLite, an array in PostgreSQL)."""
+    return Conversation(
+        id=row[0],
+        tenant=row[1],
+        state=row[2],
+        version=int(row[3]),
+        last_seq=int(row[4]),
+        created_at=row[5],
+        updated_at=row[6],
+        agent_id=row[7],
+        priority=int(row[8]),
+        queued_at=row[9],
+        assigned_at=row[10],
+        awaiting_agent_since=row[11],
+        escalation_reason=row[12],
+        passed_over=tuple(passed_over),
+        handed_off=bool(row[14]),
+        resolved_by=row[15],
+        rating=row[16],
+        preview=row[17] or "",
+    )
