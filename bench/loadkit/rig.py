@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import urlsplit, urlunsplit
 
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.server import ServerProcess
@@ -106,8 +108,16 @@ class Rig:
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="warmline-bench-"))
-        self.db = self.dir / "warmline.db"
         self.env = {**BENCH_ENV, **(env or {})}
+        # `--env WARMLINE_DB=postgresql://…/postgres` runs on PostgreSQL: a scratch database
+        # is created on that server for the run and dropped after it.
+        self.postgres_admin_url = self.env.pop("WARMLINE_DB", "")
+        self.scratch_database = ""
+        self.db: Path | str = self.dir / "warmline.db"
+        if self.postgres_admin_url.startswith(("postgresql://", "postgres://")):
+            self.scratch_database = f"warmline_bench_{secrets.token_hex(4)}"
+            parts = urlsplit(self.postgres_admin_url)
+            self.db = urlunsplit(parts._replace(path=f"/{self.scratch_database}"))
         self.nodes: list[ServerProcess] = []
         self.redis: RedisServer | None = None
         self.relay: RelayProcess | None = None
@@ -117,7 +127,27 @@ class Rig:
         await self.redis.astart()
         return self.redis
 
+    async def _create_scratch_database(self) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(self.postgres_admin_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{self.scratch_database}"')
+        finally:
+            await conn.close()
+
+    async def _drop_scratch_database(self) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(self.postgres_admin_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{self.scratch_database}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
     async def start_nodes(self, count: int, redis: bool = False) -> list[ServerProcess]:
+        if self.scratch_database and not self.nodes:
+            await self._create_scratch_database()
         redis_url = None
         if redis:
             server = self.redis or await self.start_redis()
@@ -169,6 +199,8 @@ class Rig:
             await asyncio.to_thread(self.relay.stop)
         if self.redis is not None:
             await asyncio.to_thread(self.redis.close)
+        if self.scratch_database:
+            await self._drop_scratch_database()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     async def __aenter__(self) -> Rig:
