@@ -49,7 +49,7 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    _runtime(request).metrics_collect()
+    await _runtime(request).metrics_collect()
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 

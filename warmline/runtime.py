@@ -18,6 +18,7 @@ from llm.base import Answerer
 from llm.factory import build_answerer
 from presence.backend import MemoryPresence, PresenceBackend
 from presence.dispatcher import Dispatcher
+from presence.table import STATUSES
 from retrieval.base import Retriever
 from retrieval.factory import build_retriever
 from retrieval.jobs import IngestJobs
@@ -233,9 +234,16 @@ class Runtime:
         if isinstance(ts, float):
             metrics.DELIVERY_LATENCY.observe(max(time.time() - ts, 0.0))
 
-    def metrics_collect(self) -> None:
+    async def metrics_collect(self) -> None:
         """Gauges read from state rather than counted as it happens; call before a scrape."""
         metrics.BUS_RECONNECTS.set(getattr(self.bus, "reconnects", 0))
+        now = time.time()
+        for tenant in await self.store.list_tenants():
+            metrics.QUEUE_DEPTH.labels(tenant.id).set(len(await self.store.queued(tenant.id)))
+            present = await self.presence.snapshot(tenant.id, now)
+            for status in STATUSES:
+                count = sum(p.status == status for p in present)
+                metrics.AGENTS.labels(tenant.id, status).set(count)
 
     async def _count_transition(self, conversation: Conversation, event: Event) -> None:
         source, target = event.data.get("from", ""), event.data.get("to", "")

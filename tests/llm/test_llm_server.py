@@ -78,8 +78,10 @@ async def test_model_says_the_documents_do_not_answer(
 ) -> None:
     llm.script(reply="NO_ANSWER")
     customer, _ = await Client.customer(llm_server.ws_url())
+    # A question retrieval is sure about with BM25 alone too (the embedding model may still be
+    # loading), so the decision to stay silent is the model's.
     await customer.request(
-        {"type": "message", "id": "q", "text": "How long does shipping to Canada take?"}
+        {"type": "message", "id": "q", "text": "What payment methods do you accept?"}
     )
     confused = await customer.recv_until(
         lambda f: f.get("kind") == "state" and f.get("to") == "confused", timeout=20
