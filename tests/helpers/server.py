@@ -6,6 +6,7 @@ sleeps; the demo tokens come from what `warmline serve --demo` prints.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import signal
@@ -19,6 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+# Servers still running when the test process exits (an interrupted run skips fixture
+# teardown) are killed rather than left behind holding ports and CPU.
+_LIVE: set[ServerProcess] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for server in list(_LIVE):
+        server.kill()
+
 
 READY = re.compile(r"Warmline listening on http://[\d.]+:(\d+)")
 START_TIMEOUT_S = 60.0
@@ -92,6 +104,7 @@ class ServerProcess:
             env=env,
             start_new_session=True,
         )
+        _LIVE.add(self)
         self._reader = threading.Thread(target=self._read_output, daemon=True)
         self._reader.start()
         if not self._ready.wait(START_TIMEOUT_S):
@@ -139,12 +152,14 @@ class ServerProcess:
                 return self.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
+        _LIVE.discard(self)
         return self.proc.returncode
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.signal(signal.SIGKILL)
             self.proc.wait(10)
+        _LIVE.discard(self)
 
     def restart(self) -> ServerProcess:
         """Stop gracefully and start again on the same port and database."""
