@@ -62,6 +62,9 @@ from warmline.store.base import MessageRequest, Store, TenantStats, TransitionRe
 from warmline.store.ids import client_key, hash_token, new_agent_token, new_id
 from warmline.store.pg_migrations import MIGRATIONS, migrate
 from warmline.store.rules import (
+    AGENT_COLUMNS,
+    CONVERSATION_COLUMNS,
+    TENANT_COLUMNS,
     agent_from_row,
     conversation_from_row,
     handle_time,
@@ -204,7 +207,7 @@ def transition_sql(columns: tuple[str, ...]) -> str:
     assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(columns, start=8))
     return (
         f"WITH updated AS (UPDATE conversations SET {assignments}, last_seq = last_seq + 1 "
-        f"WHERE id = $1 AND version = $2 AND state = $3 RETURNING {_CONV_COLS}), "
+        f"WHERE id = $1 AND version = $2 AND state = $3 RETURNING {CONVERSATION_COLUMNS}), "
         "event AS (INSERT INTO events (tenant, conversation_id, seq, ts, kind, client_key, "
         "data) SELECT tenant, id, last_seq, $4, 'state', NULL, $5::json FROM updated), "
         "handled AS (INSERT INTO handle_times (tenant, conversation_id, seq, agent_id, seconds, "
@@ -354,7 +357,7 @@ class PostgresStore(Store):
             async with self._connection() as conn:
                 row = await conn.fetchrow(
                     "INSERT INTO tenants (id, name, created_at, allowed_origins) "
-                    f"VALUES ($1, $2, $3, $4) RETURNING {_TENANT_COLS}",
+                    f"VALUES ($1, $2, $3, $4) RETURNING {TENANT_COLUMNS}",
                     tenant_id,
                     name or tenant_id,
                     time.time(),
@@ -369,7 +372,7 @@ class PostgresStore(Store):
     async def get_tenant(self, tenant_id: str) -> Tenant:
         async with self._connection() as conn:
             row = await conn.fetchrow(
-                f"SELECT {_TENANT_COLS} FROM tenants WHERE id = $1", tenant_id
+                f"SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1", tenant_id
             )
         if row is None:
             raise NotFound(f"unknown tenant {tenant_id!r}")
@@ -377,13 +380,13 @@ class PostgresStore(Store):
 
     async def list_tenants(self) -> list[Tenant]:
         async with self._connection() as conn:
-            rows = await conn.fetch(f"SELECT {_TENANT_COLS} FROM tenants ORDER BY id")
+            rows = await conn.fetch(f"SELECT {TENANT_COLUMNS} FROM tenants ORDER BY id")
         return [_tenant(r) for r in rows]
 
     async def set_allowed_origins(self, tenant_id: str, origins: Sequence[str]) -> Tenant:
         async with self._connection() as conn:
             row = await conn.fetchrow(
-                f"UPDATE tenants SET allowed_origins = $2 WHERE id = $1 RETURNING {_TENANT_COLS}",
+                f"UPDATE tenants SET allowed_origins = $2 WHERE id = $1 RETURNING {TENANT_COLUMNS}",
                 tenant_id,
                 list(origins),
             )
@@ -403,7 +406,7 @@ class PostgresStore(Store):
                 row = await conn.fetchrow(
                     "INSERT INTO agents (tenant, id, name, role, token_hash, created_at) "
                     "SELECT id, $2, $3, $4, $5, $6 FROM tenants WHERE id = $1 "
-                    f"RETURNING {_AGENT_COLS}",
+                    f"RETURNING {AGENT_COLUMNS}",
                     tenant_id,
                     new_id("a"),
                     name,
@@ -422,14 +425,14 @@ class PostgresStore(Store):
     async def agent_by_token(self, token: str) -> Agent | None:
         async with self._connection() as conn:
             row = await conn.fetchrow(
-                f"SELECT {_AGENT_COLS} FROM agents WHERE token_hash = $1 AND NOT revoked",
+                f"SELECT {AGENT_COLUMNS} FROM agents WHERE token_hash = $1 AND NOT revoked",
                 hash_token(token),
             )
         return _agent(row) if row is not None else None
 
     async def get_agent(self, agent_id: str) -> Agent:
         async with self._connection() as conn:
-            row = await conn.fetchrow(f"SELECT {_AGENT_COLS} FROM agents WHERE id = $1", agent_id)
+            row = await conn.fetchrow(f"SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1", agent_id)
         if row is None:
             raise NotFound(f"unknown agent {agent_id!r}")
         return _agent(row)
@@ -437,17 +440,18 @@ class PostgresStore(Store):
     async def list_agents(self, tenant_id: str | None = None) -> list[Agent]:
         async with self._connection() as conn:
             if tenant_id is None:
-                rows = await conn.fetch(f"SELECT {_AGENT_COLS} FROM agents ORDER BY tenant, name")
+                rows = await conn.fetch(f"SELECT {AGENT_COLUMNS} FROM agents ORDER BY tenant, name")
             else:
                 rows = await conn.fetch(
-                    f"SELECT {_AGENT_COLS} FROM agents WHERE tenant = $1 ORDER BY name", tenant_id
+                    f"SELECT {AGENT_COLUMNS} FROM agents WHERE tenant = $1 ORDER BY name", tenant_id
                 )
         return [_agent(r) for r in rows]
 
     async def revoke_agent(self, agent_id: str) -> Agent:
         async with self._connection() as conn:
             row = await conn.fetchrow(
-                f"UPDATE agents SET revoked = true WHERE id = $1 RETURNING {_AGENT_COLS}", agent_id
+                f"UPDATE agents SET revoked = true WHERE id = $1 RETURNING {AGENT_COLUMNS}",
+                agent_id,
             )
         if row is None:
             raise NotFound(f"unknown agent {agent_id!r}")
@@ -460,7 +464,7 @@ class PostgresStore(Store):
             row = await conn.fetchrow(
                 "INSERT INTO conversations (tenant, id, state, version, last_seq, created_at, "
                 "updated_at) SELECT id, $2, 'bot', 0, 0, $3, $3 FROM tenants WHERE id = $1 "
-                f"RETURNING {_CONV_COLS}",
+                f"RETURNING {CONVERSATION_COLUMNS}",
                 tenant_id,
                 new_id("c"),
                 now,
@@ -547,7 +551,8 @@ class PostgresStore(Store):
 
         async def op(conn: asyncpg.Connection) -> tuple[Conversation, Event] | None:
             row = await conn.fetchrow(
-                f"SELECT {_CONV_COLS} FROM conversations WHERE tenant = $1 AND state = 'queued' "
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations "
+                "WHERE tenant = $1 AND state = 'queued' "
                 "AND NOT ($2 = ANY (passed_over)) ORDER BY priority DESC, queued_at, id "
                 "LIMIT 1 FOR UPDATE SKIP LOCKED",
                 tenant_id,
@@ -580,7 +585,8 @@ class PostgresStore(Store):
     async def queued(self, tenant_id: str) -> list[Conversation]:
         async with self._connection() as conn:
             rows = await conn.fetch(
-                f"SELECT {_CONV_COLS} FROM conversations WHERE tenant = $1 AND state = 'queued' "
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations "
+                "WHERE tenant = $1 AND state = 'queued' "
                 "ORDER BY priority DESC, queued_at, id",
                 tenant_id,
             )
@@ -589,7 +595,7 @@ class PostgresStore(Store):
     async def owned_by(self, agent_id: str) -> list[Conversation]:
         async with self._connection() as conn:
             rows = await conn.fetch(
-                f"SELECT {_CONV_COLS} FROM conversations "
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations "
                 "WHERE tenant = (SELECT tenant FROM agents WHERE id = $1) "
                 "AND agent_id = $1 AND state = 'human' ORDER BY assigned_at, id",
                 agent_id,
@@ -608,7 +614,7 @@ class PostgresStore(Store):
     async def awaiting_reply_since(self, before: float) -> list[Conversation]:
         async with self._connection() as conn:
             rows = await conn.fetch(
-                f"SELECT {_CONV_COLS} FROM conversations WHERE state = 'human' "
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE state = 'human' "
                 "AND awaiting_agent_since IS NOT NULL AND awaiting_agent_since < $1",
                 before,
             )
@@ -859,7 +865,7 @@ async def _agent_brief(conn: asyncpg.Connection, agent_id: str | None) -> dict[s
 
 async def _conversation_row(conn: asyncpg.Connection, conversation_id: str) -> Conversation:
     row = await conn.fetchrow(
-        f"SELECT {_CONV_COLS} FROM conversations WHERE id = $1", conversation_id
+        f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = $1", conversation_id
     )
     if row is None:
         raise NotFound("unknown conversation")
@@ -880,13 +886,6 @@ def _unavailable(message: str, exc: BaseException) -> Unavailable:
 
 
 # Row mapping -----------------------------------------------------------------------------------
-_TENANT_COLS = "id, name, created_at, allowed_origins, kb_version"
-_AGENT_COLS = "id, tenant, name, role, created_at, revoked"
-_CONV_COLS = (
-    "id, tenant, state, version, last_seq, created_at, updated_at, agent_id, priority, "
-    "queued_at, assigned_at, awaiting_agent_since, escalation_reason, passed_over, handed_off, "
-    "resolved_by, rating, preview"
-)
 
 
 def _tenant(row: Sequence[Any]) -> Tenant:

@@ -111,6 +111,16 @@ def refusal(request: MessageRequest, state: str, agent_id: str | None) -> Confli
     return None
 
 
+# Column lists in the order the row mappers below (and the tenant mappers of each backend) read.
+TENANT_COLUMNS = "id, name, created_at, allowed_origins, kb_version"
+AGENT_COLUMNS = "id, tenant, name, role, created_at, revoked"
+CONVERSATION_COLUMNS = (
+    "id, tenant, state, version, last_seq, created_at, updated_at, agent_id, priority, "
+    "queued_at, assigned_at, awaiting_agent_since, escalation_reason, passed_over, handed_off, "
+    "resolved_by, rating, preview"
+)
+
+
 def agent_from_row(row: Sequence[Any]) -> Agent:
     """Columns: id, tenant, name, role, created_at, revoked."""
     return Agent(row[0], row[1], row[2], row[3], row[4], bool(row[5]))

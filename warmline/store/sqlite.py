@@ -33,6 +33,9 @@ from warmline.store.base import (
 from warmline.store.ids import client_key, hash_token, new_agent_token, new_id
 from warmline.store.migrations import MIGRATIONS
 from warmline.store.rules import (
+    AGENT_COLUMNS,
+    CONVERSATION_COLUMNS,
+    TENANT_COLUMNS,
     agent_from_row,
     conversation_from_row,
     handle_time,
@@ -245,7 +248,7 @@ class SQLiteStore(Store):
 
     async def list_tenants(self) -> list[Tenant]:
         def fn(db: sqlite3.Connection) -> list[Tenant]:
-            rows = db.execute(f"SELECT {_TENANT_COLS} FROM tenants ORDER BY id").fetchall()
+            rows = db.execute(f"SELECT {TENANT_COLUMNS} FROM tenants ORDER BY id").fetchall()
             return [_tenant(r) for r in rows]
 
         return await self._read(fn)
@@ -291,7 +294,8 @@ class SQLiteStore(Store):
 
         def fn(db: sqlite3.Connection) -> Agent | None:
             row = db.execute(
-                f"SELECT {_AGENT_COLS} FROM agents WHERE token_hash = ? AND revoked = 0", (digest,)
+                f"SELECT {AGENT_COLUMNS} FROM agents WHERE token_hash = ? AND revoked = 0",
+                (digest,),
             ).fetchone()
             return _agent(row) if row else None
 
@@ -303,10 +307,10 @@ class SQLiteStore(Store):
     async def list_agents(self, tenant_id: str | None = None) -> list[Agent]:
         def fn(db: sqlite3.Connection) -> list[Agent]:
             if tenant_id is None:
-                rows = db.execute(f"SELECT {_AGENT_COLS} FROM agents ORDER BY tenant, name")
+                rows = db.execute(f"SELECT {AGENT_COLUMNS} FROM agents ORDER BY tenant, name")
             else:
                 rows = db.execute(
-                    f"SELECT {_AGENT_COLS} FROM agents WHERE tenant = ? ORDER BY name",
+                    f"SELECT {AGENT_COLUMNS} FROM agents WHERE tenant = ? ORDER BY name",
                     (tenant_id,),
                 )
             return [_agent(r) for r in rows.fetchall()]
@@ -443,7 +447,8 @@ class SQLiteStore(Store):
     async def queued(self, tenant_id: str) -> list[Conversation]:
         def fn(db: sqlite3.Connection) -> list[Conversation]:
             rows = db.execute(
-                f"SELECT {_CONV_COLS} FROM conversations WHERE tenant = ? AND state = 'queued' "
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations "
+                "WHERE tenant = ? AND state = 'queued' "
                 "ORDER BY priority DESC, queued_at ASC",
                 (tenant_id,),
             ).fetchall()
@@ -454,7 +459,8 @@ class SQLiteStore(Store):
     async def owned_by(self, agent_id: str) -> list[Conversation]:
         def fn(db: sqlite3.Connection) -> list[Conversation]:
             rows = db.execute(
-                f"SELECT {_CONV_COLS} FROM conversations WHERE agent_id = ? AND state = 'human' "
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations "
+                "WHERE agent_id = ? AND state = 'human' "
                 "ORDER BY assigned_at",
                 (agent_id,),
             ).fetchall()
@@ -476,7 +482,7 @@ class SQLiteStore(Store):
     async def awaiting_reply_since(self, before: float) -> list[Conversation]:
         def fn(db: sqlite3.Connection) -> list[Conversation]:
             rows = db.execute(
-                f"SELECT {_CONV_COLS} FROM conversations WHERE state = 'human' "
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE state = 'human' "
                 "AND awaiting_agent_since IS NOT NULL AND awaiting_agent_since < ?",
                 (before,),
             ).fetchall()
@@ -670,13 +676,6 @@ class SQLiteStore(Store):
 
 
 # Row mapping ---------------------------------------------------------------------------------
-_TENANT_COLS = "id, name, created_at, allowed_origins, kb_version"
-_AGENT_COLS = "id, tenant, name, role, created_at, revoked"
-_CONV_COLS = (
-    "id, tenant, state, version, last_seq, created_at, updated_at, agent_id, priority, "
-    "queued_at, assigned_at, awaiting_agent_since, escalation_reason, passed_over, handed_off, "
-    "resolved_by, rating, preview"
-)
 
 
 def _tenant(row: Sequence[Any]) -> Tenant:
@@ -684,7 +683,7 @@ def _tenant(row: Sequence[Any]) -> Tenant:
 
 
 def _tenant_row(db: sqlite3.Connection, tenant_id: str) -> Tenant:
-    row = db.execute(f"SELECT {_TENANT_COLS} FROM tenants WHERE id = ?", (tenant_id,)).fetchone()
+    row = db.execute(f"SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?", (tenant_id,)).fetchone()
     if row is None:
         raise NotFound(f"unknown tenant {tenant_id!r}")
     return _tenant(row)
@@ -695,7 +694,7 @@ def _agent(row: Sequence[Any]) -> Agent:
 
 
 def _agent_row(db: sqlite3.Connection, agent_id: str) -> Agent:
-    row = db.execute(f"SELECT {_AGENT_COLS} FROM agents WHERE id = ?", (agent_id,)).fetchone()
+    row = db.execute(f"SELECT {AGENT_COLUMNS} FROM agents WHERE id = ?", (agent_id,)).fetchone()
     if row is None:
         raise NotFound(f"unknown agent {agent_id!r}")
     return _agent(row)
@@ -714,7 +713,7 @@ def _conversation(row: Sequence[Any]) -> Conversation:
 
 def _conversation_row(db: sqlite3.Connection, conversation_id: str) -> Conversation:
     row = db.execute(
-        f"SELECT {_CONV_COLS} FROM conversations WHERE id = ?", (conversation_id,)
+        f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ?", (conversation_id,)
     ).fetchone()
     if row is None:
         raise NotFound("unknown conversation")
