@@ -45,14 +45,14 @@ class BotRunner:
         self.tasks = tasks
         self._chains: dict[str, asyncio.Future[None]] = {}
 
-    async def on_customer_message(self, conversation: Conversation, event: Event) -> None:
-        if conversation.state not in ("bot", "confused", "resolved"):
+    async def on_customer_message(self, conversation_id: str, state: str, event: Event) -> None:
+        if state not in ("bot", "confused", "resolved"):
             return
         # Chain turns per conversation so answers come in the order questions were asked.
-        previous = self._chains.get(conversation.id)
+        previous = self._chains.get(conversation_id)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._chains[conversation.id] = done
-        self.tasks.spawn(self._run_after(previous, conversation.id, event, done), name="bot-turn")
+        self._chains[conversation_id] = done
+        self.tasks.spawn(self._run_after(previous, conversation_id, event, done), name="bot-turn")
 
     async def _run_after(
         self,

@@ -24,7 +24,8 @@ from warmline.tokens import SessionSigner
 log = logging.getLogger("warmline.conversations")
 
 ChangeHook = Callable[[Conversation, Event], Awaitable[None]]
-MessageHook = Callable[[Conversation, Event], Awaitable[None]]
+# (conversation id, its state when the message was stored, the message event)
+MessageHook = Callable[[str, str, Event], Awaitable[None]]
 
 
 def customer_author(conversation_id: str) -> dict[str, str]:
@@ -82,24 +83,24 @@ class ConversationService:
 
     # Messages ------------------------------------------------------------------------------
     async def customer_message(self, conversation_id: str, client_id: str, text: str) -> Event:
-        event, created = await self.store.append_message(
+        appended = await self.store.append_message(
             MessageRequest(conversation_id, client_id, customer_author(conversation_id), text)
         )
-        if created:
-            await self.publish_event(event)
-            conversation = await self.store.get_conversation(conversation_id)
+        if appended.created:
+            await self.publish_event(appended.event)
             for hook in self.customer_message_hooks:
-                await hook(conversation, event)
-        return event
+                await hook(conversation_id, appended.state, appended.event)
+        return appended.event
 
     async def agent_message(
         self, agent: Agent, conversation_id: str, client_id: str, text: str
     ) -> Event:
-        conversation = await self.agent_conversation(agent, conversation_id)
+        # No read first: the write itself refuses a conversation this agent does not own,
+        # and agent ids are unique across tenants, so that covers another tenant's too.
         try:
-            event, created = await self.store.append_message(
+            appended = await self.store.append_message(
                 MessageRequest(
-                    conversation.id,
+                    conversation_id,
                     client_id,
                     agent_author(agent),
                     text,
@@ -108,9 +109,9 @@ class ConversationService:
             )
         except Conflict as exc:
             raise Forbidden("only the agent who owns the conversation can write in it") from exc
-        if created:
-            await self.publish_event(event)
-        return event
+        if appended.created:
+            await self.publish_event(appended.event)
+        return appended.event
 
     async def bot_message(
         self,
@@ -123,7 +124,7 @@ class ConversationService:
     ) -> Event | None:
         """Store the bot's reply only while the bot still owns the conversation."""
         try:
-            event, created = await self.store.append_message(
+            appended = await self.store.append_message(
                 MessageRequest(
                     conversation_id,
                     message_key,
@@ -136,9 +137,9 @@ class ConversationService:
             )
         except Conflict:
             return None  # a human took over meanwhile: the bot stays silent
-        if created:
-            await self.publish_event(event)
-        return event
+        if appended.created:
+            await self.publish_event(appended.event)
+        return appended.event
 
     async def typing(
         self, conversation_id: str, role: str, on: bool, origin: str, name: str = ""

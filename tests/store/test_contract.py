@@ -18,7 +18,7 @@ from statemachine.machine import next_state
 from tests.store.conftest import StoreEnv
 from warmline.errors import BadRequest, Conflict, NotFound, Unavailable, WarmlineError
 from warmline.models import Agent, Chunk, Conversation, Document, Event
-from warmline.store.base import MessageRequest, Store, TransitionRequest
+from warmline.store.base import AppendedMessage, MessageRequest, Store, TransitionRequest
 from warmline.store.sqlite import SQLiteStore
 
 CUSTOMER: dict[str, Any] = {"role": "customer", "id": "cust-1", "name": "Customer"}
@@ -48,7 +48,7 @@ async def say(
     client_id: str | None = None,
     **kwargs: Any,
 ) -> Event:
-    event, created = await store.append_message(
+    event, created, _ = await store.append_message(
         MessageRequest(conversation_id, client_id or uid("m"), author, text, **kwargs)
     )
     assert created
@@ -231,9 +231,10 @@ async def test_append_message(store: Store) -> None:
     tenant_id = await new_tenant(store)
     c = await store.create_conversation(tenant_id)
     sources = [{"doc_id": "d1", "title": "Refunds", "url": "https://x/refunds"}]
-    event, created = await store.append_message(
+    event, created, state = await store.append_message(
         MessageRequest(c.id, "cm-1", CUSTOMER, "Where is my refund? 😀")
     )
+    assert state == "bot"  # the state the message was stored in, from the same write
     assert created and (event.conversation_id, event.seq, event.kind) == (c.id, 1, "message")
     assert event.data["author"] == CUSTOMER
     assert event.data["text"] == "Where is my refund? 😀"
@@ -264,7 +265,7 @@ async def test_seq_is_gap_free_under_many_concurrent_writers(store: Store) -> No
             for i in range(200)
         )
     )
-    assert all(created for _, created in results)
+    assert all(result.created for result in results)
     for c in conversations:
         assert await seqs(store, c.id) == list(range(1, 41))
         assert (await store.get_conversation(c.id)).last_seq == 40
@@ -300,8 +301,8 @@ async def test_seq_is_gap_free_across_two_nodes(env: StoreEnv, store: Store) -> 
 async def test_repeated_client_id_is_idempotent(store: Store) -> None:
     tenant_id = await new_tenant(store)
     c = await store.create_conversation(tenant_id)
-    first, created = await store.append_message(MessageRequest(c.id, "same", CUSTOMER, "hi"))
-    again, created_again = await store.append_message(
+    first, created, _ = await store.append_message(MessageRequest(c.id, "same", CUSTOMER, "hi"))
+    again, created_again, _ = await store.append_message(
         MessageRequest(c.id, "same", CUSTOMER, "hi (resent)")
     )
     assert created and not created_again
@@ -318,8 +319,8 @@ async def test_concurrent_resends_make_one_event(env: StoreEnv, store: Store) ->
         *(node.append_message(MessageRequest(c.id, "dup", CUSTOMER, "hi"))
           for node in [store, other] * 5)
     )
-    assert sum(created for _, created in results) == 1
-    assert {event.seq for event, _ in results} == {1}
+    assert sum(result.created for result in results) == 1
+    assert {result.event.seq for result in results} == {1}
     assert await seqs(store, c.id) == [1]
 
 
@@ -327,25 +328,25 @@ async def test_same_client_id_from_different_authors_is_two_events(store: Store)
     tenant_id = await new_tenant(store)
     c = await store.create_conversation(tenant_id)
     other_customer = {**CUSTOMER, "id": "cust-2"}
-    a, created_a = await store.append_message(MessageRequest(c.id, "x1", CUSTOMER, "a"))
-    b, created_b = await store.append_message(MessageRequest(c.id, "x1", BOT, "b"))
-    d, created_d = await store.append_message(MessageRequest(c.id, "x1", other_customer, "d"))
+    a, created_a, _ = await store.append_message(MessageRequest(c.id, "x1", CUSTOMER, "a"))
+    b, created_b, _ = await store.append_message(MessageRequest(c.id, "x1", BOT, "b"))
+    d, created_d, _ = await store.append_message(MessageRequest(c.id, "x1", other_customer, "d"))
     assert created_a and created_b and created_d
     assert [a.seq, b.seq, d.seq] == [1, 2, 3]
     # And the same author's id in another conversation is another message.
     c2 = await store.create_conversation(tenant_id)
-    e, created_e = await store.append_message(MessageRequest(c2.id, "x1", CUSTOMER, "e"))
+    e, created_e, _ = await store.append_message(MessageRequest(c2.id, "x1", CUSTOMER, "e"))
     assert created_e and e.seq == 1
 
 
 async def test_a_resend_is_acked_even_after_the_state_changed(store: Store) -> None:
     tenant_id = await new_tenant(store)
     c = await store.create_conversation(tenant_id)
-    first, _ = await store.append_message(
+    first, _, _ = await store.append_message(
         MessageRequest(c.id, "b1", BOT, "answer", allowed_states=BOT_STATES)
     )
     await move(store, c.id, "escalate", "request_human")
-    again, created = await store.append_message(
+    again, created, _ = await store.append_message(
         MessageRequest(c.id, "b1", BOT, "answer", allowed_states=BOT_STATES)
     )
     assert (again, created) == (first, False)
@@ -367,7 +368,7 @@ async def test_bot_messages_are_refused_outside_the_allowed_states(store: Store)
     # Once refused, the same client id is still free: nothing was recorded for it.
     await move(store, c.id, "resolve", "agent_resolved")
     await move(store, c.id, "reopen", "customer_message")
-    _, created = await store.append_message(
+    _, created, _ = await store.append_message(
         MessageRequest(c.id, "b2", BOT, "I can help!", allowed_states=BOT_STATES)
     )
     assert created
@@ -379,7 +380,7 @@ async def test_agent_messages_need_the_owner(store: Store) -> None:
     bob, _ = await store.add_agent(tenant_id, "Bob")
     c = await store.create_conversation(tenant_id)
 
-    async def agent_says(agent: Agent, client_id: str) -> tuple[Event, bool]:
+    async def agent_says(agent: Agent, client_id: str) -> AppendedMessage:
         return await store.append_message(
             MessageRequest(c.id, client_id, author_of(agent), "Hi, Ann here",
                            owner_agent_id=agent.id)
@@ -392,8 +393,11 @@ async def test_agent_messages_need_the_owner(store: Store) -> None:
     with pytest.raises(Conflict):  # someone else's
         await agent_says(bob, "b1")
     assert (await store.get_conversation(c.id)).last_seq == last_seq
-    event, created = await agent_says(ann, "a1")
+    event, created, state = await agent_says(ann, "a1")
     assert created and event.seq == last_seq + 1 and event.data["author"]["id"] == ann.id
+    assert state == "human"
+    again = await agent_says(ann, "a1")  # a resend: the first event, and the state now
+    assert (again.event, again.created, again.state) == (event, False, "human")
 
 
 async def test_events_after_pages(store: Store) -> None:
@@ -777,3 +781,21 @@ async def test_vectors(store: Store) -> None:
     assert (await store.load_vectors(tenant_id, "model-a"))[chunks[0].chunk_id] == b"\x01" * 18
     await store.save_vectors(tenant_id, "model-b", {chunks[1].chunk_id: b"b"})
     assert await store.load_vectors(tenant_id, "model-b") == {chunks[1].chunk_id: b"b"}
+
+
+async def test_concurrent_reads_share_a_batch_and_fail_alone(store: Store) -> None:
+    tenant_id = await new_tenant(store)
+    conversations = [await store.create_conversation(tenant_id) for _ in range(3)]
+    read_batches_before = store.read_batches if isinstance(store, SQLiteStore) else 0
+    results = await asyncio.gather(
+        *(store.get_conversation(c.id) for c in conversations),
+        store.get_conversation(uid("c")),  # unknown: NotFound for this caller alone
+        store.events_after(conversations[0].id, 0),
+        return_exceptions=True,
+    )
+    assert [r.id for r in results[:3] if isinstance(r, Conversation)] == [
+        c.id for c in conversations
+    ]
+    assert isinstance(results[3], NotFound) and results[4] == []
+    if isinstance(store, SQLiteStore):  # one hop to the reader thread for all five
+        assert store.read_batches == read_batches_before + 1

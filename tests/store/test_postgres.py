@@ -329,7 +329,7 @@ async def test_writers_on_two_nodes_and_another_process_keep_seq_gap_free(
             c = ids[i % len(ids)]
             await say(store, c, f"{name}-{i}", client_id=f"{name}-{i}")
             if i % 5 == 0:  # and resend one: acked again, stored once
-                _, created = await store.append_message(
+                _, created, _ = await store.append_message(
                     MessageRequest(c, f"{name}-{i}", CUSTOMER, "resent")
                 )
                 assert not created
@@ -538,7 +538,7 @@ async def test_a_connection_killed_mid_write_is_unavailable_and_leaves_no_gap(
     finally:
         await blocker.close()
     # The pool replaces the dead connection; the resend lands as seq 2, no gap.
-    event, created = await store.append_message(MessageRequest(c.id, "k2", CUSTOMER, "two"))
+    event, created, _ = await store.append_message(MessageRequest(c.id, "k2", CUSTOMER, "two"))
     assert created and event.seq == 2
     assert await seqs(store, c.id) == [1, 2]
 
@@ -614,7 +614,7 @@ async def test_resends_queued_on_a_locked_conversation_store_once(pg: PostgresEn
         await transaction.commit()
     finally:
         await blocker.close()
-    (event_a, created_a), (event_b, created_b) = await asyncio.gather(first, second)
+    (event_a, created_a, _), (event_b, created_b, _) = await asyncio.gather(first, second)
     assert (created_a, created_b) == (True, False)
     assert event_a == event_b and event_a.seq == 1
     assert await seqs(a, c.id) == [1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from warmline.models import Agent, Chunk, Conversation, Document, Event, Tenant
 
@@ -38,6 +38,18 @@ class MessageRequest:
     # For agent messages: the conversation must be owned by this agent.
     owner_agent_id: str | None = None
     extra: Mapping[str, Any] | None = None
+
+
+class AppendedMessage(NamedTuple):
+    """What `append_message` stored (or found stored) and the state it was stored in.
+
+    The state comes from the same transaction as the write, so callers that react to the
+    message (the bot's turn) need no second read of the conversation.
+    """
+
+    event: Event
+    created: bool  # False when the client id was seen before: `event` is the first one
+    state: str
 
 
 @dataclass(frozen=True)
@@ -115,8 +127,8 @@ class Store(abc.ABC):
         """Raise NotFound."""
 
     @abc.abstractmethod
-    async def append_message(self, request: MessageRequest) -> tuple[Event, bool]:
-        """Store a message event; a repeated client_id returns the first event and False."""
+    async def append_message(self, request: MessageRequest) -> AppendedMessage:
+        """Store a message event; a repeated client_id returns the first event, not created."""
 
     @abc.abstractmethod
     async def apply_transition(self, request: TransitionRequest) -> tuple[Conversation, Event]:

@@ -58,7 +58,13 @@ import asyncpg
 
 from warmline.errors import BadRequest, Conflict, NotFound, Unavailable, WarmlineError
 from warmline.models import Agent, Chunk, Conversation, Document, Event, Tenant
-from warmline.store.base import MessageRequest, Store, TenantStats, TransitionRequest
+from warmline.store.base import (
+    AppendedMessage,
+    MessageRequest,
+    Store,
+    TenantStats,
+    TransitionRequest,
+)
 from warmline.store.ids import client_key, hash_token, new_agent_token, new_id
 from warmline.store.pg_migrations import MIGRATIONS, migrate
 from warmline.store.rules import (
@@ -189,9 +195,11 @@ def append_sql(role: str) -> str:
         "AND ($3::text IS NULL OR NOT EXISTS (SELECT 1 FROM events e "
         "WHERE e.tenant = conversations.tenant AND e.conversation_id = $1 "
         "AND e.client_key = $3::text)) "
-        "RETURNING tenant, last_seq) "
-        "INSERT INTO events (tenant, conversation_id, seq, ts, kind, client_key, data) "
-        "SELECT tenant, $1, last_seq, $2, 'message', $3, $6::json FROM bumped RETURNING seq"
+        "RETURNING tenant, last_seq, state), "
+        "inserted AS (INSERT INTO events (tenant, conversation_id, seq, ts, kind, client_key, "
+        "data) SELECT tenant, $1, last_seq, $2, 'message', $3, $6::json FROM bumped "
+        "RETURNING seq) "
+        "SELECT inserted.seq, bumped.state FROM inserted, bumped"
     )
 
 
@@ -477,7 +485,7 @@ class PostgresStore(Store):
         async with self._connection() as conn:
             return await _conversation_row(conn, conversation_id)
 
-    async def append_message(self, request: MessageRequest) -> tuple[Event, bool]:
+    async def append_message(self, request: MessageRequest) -> AppendedMessage:
         cid = request.conversation_id
         key = client_key(dict(request.author), request.client_id) if request.client_id else None
         message_id = message_id_for(request)
@@ -495,15 +503,16 @@ class PostgresStore(Store):
                     args.append(preview_of(request.text))
                 try:
                     async with self._connection() as conn:
-                        seq = await conn.fetchval(sql, *args)
-                        if seq is not None:
-                            return Event(cid, int(seq), now, "message", data), True
+                        appended = await conn.fetchrow(sql, *args)
+                        if appended is not None:
+                            event = Event(cid, int(appended[0]), now, "message", data)
+                            return AppendedMessage(event, True, appended[1])
                         # Nothing written (and nothing locked any more): find out why.
+                        current = await _conversation_row(conn, cid)
                         if key is not None:
                             stored = await _event_by_key(conn, cid, key)
                             if stored is not None:
-                                return stored, False
-                        current = await _conversation_row(conn, cid)
+                                return AppendedMessage(stored, False, current.state)
                 except Unavailable as exc:
                     # A resend committed by another node while this one waited on the row
                     # lock: the statement's snapshot could not see it, the unique index did,
@@ -512,9 +521,10 @@ class PostgresStore(Store):
                         raise
                     async with self._connection() as conn:
                         stored = await _event_by_key(conn, cid, key)
+                        current = await _conversation_row(conn, cid)
                     if stored is None:
                         raise
-                    return stored, False
+                    return AppendedMessage(stored, False, current.state)
                 refused = refusal(request, current.state, current.agent_id)
                 if refused is not None:
                     raise refused

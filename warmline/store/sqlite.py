@@ -25,6 +25,7 @@ import aiosqlite
 from warmline.errors import BadRequest, Conflict, NotFound, Unavailable, WarmlineError
 from warmline.models import Agent, Chunk, Conversation, Document, Event, Tenant
 from warmline.store.base import (
+    AppendedMessage,
     MessageRequest,
     Store,
     TenantStats,
@@ -66,8 +67,13 @@ class SQLiteStore(Store):
         self._reader: aiosqlite.Connection | None = None
         self._queue: asyncio.Queue[tuple[SyncOp, asyncio.Future[Any]]] = asyncio.Queue()
         self._writer_task: asyncio.Task[None] | None = None
+        self._read_queue: asyncio.Queue[
+            tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
+        ] = asyncio.Queue()
+        self._reader_task: asyncio.Task[None] | None = None
         self.batches = 0
         self.batched_writes = 0
+        self.read_batches = 0
 
     # Lifecycle -----------------------------------------------------------------------------
     async def open(self) -> None:
@@ -79,6 +85,7 @@ class SQLiteStore(Store):
         )
         self._reader = await self._connect()
         self._writer_task = asyncio.create_task(self._write_loop(), name="sqlite-writer")
+        self._reader_task = asyncio.create_task(self._read_loop(), name="sqlite-reader")
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -118,6 +125,17 @@ class SQLiteStore(Store):
             raise
 
     async def close(self) -> None:
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            try:
+                await self._reader_task
+            except asyncio.CancelledError:
+                pass
+            self._reader_task = None
+            while not self._read_queue.empty():
+                _, future = self._read_queue.get_nowait()
+                if not future.done():
+                    future.set_exception(Unavailable("store is closed"))
         if self._writer_task is not None:
             # Let queued writes finish: they were acknowledged to nobody yet, but callers wait.
             await self._queue.join()
@@ -143,15 +161,41 @@ class SQLiteStore(Store):
 
     # Plumbing ------------------------------------------------------------------------------
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._reader
-        if conn is None:
+        if self._reader_task is None:
             raise Unavailable("store is closed")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._read_queue.put_nowait((fn, future))
+        return await future
+
+    async def _read_loop(self) -> None:
+        # Reads queue up like writes: every read that arrived meanwhile runs in one hop to
+        # the reader thread, so a busy node pays one wake-up per batch rather than per read.
+        conn = self._reader
+        assert conn is not None
         raw = self._raw(conn)
-        try:
-            result: T = await _run_in_connection_thread(conn, lambda: fn(raw))
-        except sqlite3.Error as exc:
-            raise Unavailable(f"store read failed: {exc}") from exc
-        return result
+        while True:
+            first = await self._read_queue.get()
+            batch = [first]
+            while len(batch) < MAX_BATCH and not self._read_queue.empty():
+                batch.append(self._read_queue.get_nowait())
+            try:
+                outcomes = await _run_in_connection_thread(
+                    conn,
+                    lambda b=batch: [_attempt(fn, raw) for fn, _ in b],  # type: ignore[misc]
+                )
+            except asyncio.CancelledError:
+                _fail_all(batch, Unavailable("store is closed"))
+                raise
+            except Exception as exc:
+                _fail_all(batch, Unavailable(f"store read failed: {exc}"))
+                continue
+            self.read_batches += 1
+            for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                if not future.done():
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
 
     async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
         if self._writer_task is None:
@@ -190,6 +234,8 @@ class SQLiteStore(Store):
 
     def _run_batch(self, batch: list[tuple[SyncOp, asyncio.Future[Any]]]) -> list[tuple[bool, Any]]:
         db = self._raw(self._writer)
+        if len(batch) == 1:
+            return [self._run_alone(db, batch[0][0])]
         db.execute("BEGIN IMMEDIATE")
         outcomes: list[tuple[bool, Any]] = []
         try:
@@ -212,6 +258,25 @@ class SQLiteStore(Store):
                 db.execute("ROLLBACK")
             raise
         return outcomes
+
+    @staticmethod
+    def _run_alone(db: sqlite3.Connection, op: SyncOp) -> tuple[bool, Any]:
+        # With no neighbours to protect, the transaction itself is the savepoint.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            try:
+                result = op(db)
+            except Exception as exc:
+                db.execute("ROLLBACK")
+                if not isinstance(exc, WarmlineError):
+                    exc = Unavailable(f"store write failed: {exc}")
+                return False, exc
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return True, result
 
     # Secrets -------------------------------------------------------------------------------
     async def secret(self, name: str, generate_bytes: int = 32) -> bytes:
@@ -345,12 +410,29 @@ class SQLiteStore(Store):
     async def get_conversation(self, conversation_id: str) -> Conversation:
         return await self._read(lambda db: _conversation_row(db, conversation_id))
 
-    async def append_message(self, request: MessageRequest) -> tuple[Event, bool]:
+    async def append_message(self, request: MessageRequest) -> AppendedMessage:
         key = client_key(dict(request.author), request.client_id) if request.client_id else None
         message_id = message_id_for(request)
+        data = message_event_data(request, message_id)
         now = time.time()
+        role = request.author.get("role")
+        extra_sql = ""
+        if role == "customer":
+            # The reply clock starts with the first unanswered customer message.
+            extra_sql = (
+                ", awaiting_agent_since = CASE WHEN state = 'human' "
+                "THEN COALESCE(awaiting_agent_since, :now) ELSE awaiting_agent_since END"
+                ", preview = :preview"
+            )
+        elif role == "agent":
+            extra_sql = ", awaiting_agent_since = NULL"
+        bump_sql = (
+            f"UPDATE conversations SET last_seq = last_seq + 1, updated_at = :now{extra_sql} "
+            "WHERE id = :id RETURNING state, agent_id, last_seq"
+        )
+        params = {"now": now, "id": request.conversation_id, "preview": request.text[:140]}
 
-        def op(db: sqlite3.Connection) -> tuple[Event, bool]:
+        def op(db: sqlite3.Connection) -> AppendedMessage:
             if key is not None:
                 row = db.execute(
                     "SELECT conversation_id, seq, ts, kind, data FROM events "
@@ -358,34 +440,24 @@ class SQLiteStore(Store):
                     (request.conversation_id, key),
                 ).fetchone()
                 if row is not None:
-                    return _event(row), False
-            conversation = _conversation_row(db, request.conversation_id)
-            refused = refusal(request, conversation.state, conversation.agent_id)
+                    state = _conversation_row(db, request.conversation_id).state
+                    return AppendedMessage(_event(row), False, state)
+            # Take the seq first and check afterwards: a refused message raises, and the
+            # write's SAVEPOINT undoes the bump, so the common case costs two statements.
+            bumped = db.execute(bump_sql, params).fetchone()
+            if bumped is None:
+                raise NotFound("unknown conversation")
+            state, agent_id, seq = bumped
+            refused = refusal(request, state, agent_id)
             if refused is not None:
                 raise refused
-            data = message_event_data(request, message_id)
-            seq = _next_seq(db, request.conversation_id, now)
-            role = request.author.get("role")
-            awaiting_sql = ""
-            if role == "customer":
-                awaiting_sql = (
-                    ", awaiting_agent_since = CASE WHEN state = 'human' "
-                    "THEN COALESCE(awaiting_agent_since, :now) ELSE awaiting_agent_since END"
-                    ", preview = :preview"
-                )
-            elif role == "agent":
-                awaiting_sql = ", awaiting_agent_since = NULL"
-            if awaiting_sql:
-                db.execute(
-                    f"UPDATE conversations SET updated_at = :now{awaiting_sql} WHERE id = :id",
-                    {"now": now, "id": request.conversation_id, "preview": request.text[:140]},
-                )
             db.execute(
                 "INSERT INTO events (conversation_id, seq, ts, kind, client_key, data) "
                 "VALUES (?, ?, ?, 'message', ?, ?)",
                 (request.conversation_id, seq, now, key, json.dumps(data)),
             )
-            return Event(request.conversation_id, seq, now, "message", data), True
+            event = Event(request.conversation_id, int(seq), now, "message", data)
+            return AppendedMessage(event, True, state)
 
         return await self._write(op)
 
@@ -718,6 +790,26 @@ def _conversation_row(db: sqlite3.Connection, conversation_id: str) -> Conversat
     if row is None:
         raise NotFound("unknown conversation")
     return _conversation(row)
+
+
+def _fail_all(batch: Sequence[tuple[Any, asyncio.Future[Any]]], error: Exception) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(error)
+
+
+def _attempt(fn: Callable[[sqlite3.Connection], Any], db: sqlite3.Connection) -> tuple[bool, Any]:
+    """Run one read of a batch; its failure is its caller's alone, not its neighbours'."""
+    try:
+        return True, fn(db)
+    except WarmlineError as exc:
+        return False, exc
+    except sqlite3.Error as exc:
+        error = Unavailable(f"store read failed: {exc}")
+        error.__cause__ = exc
+        return False, error
+    except Exception as exc:
+        return False, exc
 
 
 def _ensure_parent_directory(path: str) -> None:
