@@ -49,8 +49,13 @@ from warmline.store.rules import (
 
 T = TypeVar("T")
 SyncOp = Callable[[sqlite3.Connection], Any]
+QueuedWrite = tuple[SyncOp, "asyncio.Future[Any]", bool]  # (op, its caller, may run inline)
 
 MAX_BATCH = 256
+# A batch run on the event loop holds it for its duration: keep it to a few milliseconds.
+MAX_INLINE_BATCH = 64
+# Inline commits leave the WAL to grow; a PASSIVE checkpoint (off the loop) every this many.
+CHECKPOINT_EVERY_BATCHES = 500
 
 
 def _run_in_connection_thread(conn: aiosqlite.Connection, fn: Callable[[], T]) -> Any:
@@ -60,12 +65,19 @@ def _run_in_connection_thread(conn: aiosqlite.Connection, fn: Callable[[], T]) -
 
 
 class SQLiteStore(Store):
-    def __init__(self, path: str, busy_timeout_ms: int = 15000) -> None:
+    def __init__(self, path: str, busy_timeout_ms: int = 15000, inline_writes: bool = True) -> None:
         self.path = path
+        self.inline_writes = inline_writes
         self._busy_timeout_ms = busy_timeout_ms
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._queue: asyncio.Queue[tuple[SyncOp, asyncio.Future[Any]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[QueuedWrite] = asyncio.Queue()
+        # The loop's own connection for small writes: see `_write_loop`.
+        self._inline: sqlite3.Connection | None = None
+        self._checkpoint_task: asyncio.Task[None] | None = None
+        self._inline_batches_since_checkpoint = 0
+        self.inline_batches = 0
+        self.checkpoints = 0
         self._writer_task: asyncio.Task[None] | None = None
         self._read_queue: asyncio.Queue[
             tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]
@@ -84,6 +96,8 @@ class SQLiteStore(Store):
             self._writer, lambda: self._migrate(self._raw(self._writer))
         )
         self._reader = await self._connect()
+        if self.inline_writes and self.path != ":memory:":
+            self._inline = await asyncio.to_thread(self._connect_inline)
         self._writer_task = asyncio.create_task(self._write_loop(), name="sqlite-writer")
         self._reader_task = asyncio.create_task(self._read_loop(), name="sqlite-reader")
 
@@ -96,6 +110,18 @@ class SQLiteStore(Store):
         await conn.execute("PRAGMA synchronous = NORMAL")
         await conn.execute("PRAGMA foreign_keys = ON")
         return conn
+
+    def _connect_inline(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # Never wait for the lock on the loop: another process writing means SQLITE_BUSY at
+        # once, and that batch goes to the writer thread, which may wait.
+        db.execute("PRAGMA busy_timeout = 0")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA foreign_keys = ON")
+        # A checkpoint writes and fsyncs the database file: never inside a commit on the loop.
+        db.execute("PRAGMA wal_autocheckpoint = 0")
+        return db
 
     @staticmethod
     def _raw(conn: aiosqlite.Connection | None) -> sqlite3.Connection:
@@ -145,6 +171,12 @@ class SQLiteStore(Store):
             except asyncio.CancelledError:
                 pass
             self._writer_task = None
+        if self._checkpoint_task is not None:
+            await asyncio.gather(self._checkpoint_task, return_exceptions=True)
+            self._checkpoint_task = None
+        if self._inline is not None:
+            inline, self._inline = self._inline, None
+            await asyncio.to_thread(inline.close)
         for conn in (self._reader, self._writer):
             if conn is not None:
                 await conn.close()
@@ -197,49 +229,101 @@ class SQLiteStore(Store):
                     else:
                         future.set_exception(value)
 
-    async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(self, op: Callable[[sqlite3.Connection], T], inline: bool = False) -> T:
+        """Queue a write for the next group commit.
+
+        `inline=True` marks a small write (a few indexed statements) that may run on the event
+        loop itself; anything heavier (documents, vectors, administration) always goes to the
+        writer thread.
+        """
         if self._writer_task is None:
             raise Unavailable("store is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((op, future))
+        self._queue.put_nowait((op, future, inline))
         return await future
 
     async def _write_loop(self) -> None:
+        # Small writes commit on the loop: WAL with synchronous=NORMAL does not fsync on
+        # commit, so a batch of chat messages costs tens of microseconds, less than the two
+        # thread hand-offs (and GIL hand-overs) it would take to run it on the writer thread.
+        # The loop never waits for the lock (busy_timeout 0 there), and never checkpoints.
         while True:
             first = await self._queue.get()
             batch = [first]
-            while len(batch) < MAX_BATCH and not self._queue.empty():
+            inline = self._inline is not None and first[2]
+            limit = MAX_INLINE_BATCH if inline else MAX_BATCH
+            while len(batch) < limit and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            try:
-                outcomes = await _run_in_connection_thread(
-                    self._writer_for_loop(),
-                    lambda b=batch: self._run_batch(b),  # type: ignore[misc]
-                )
-            except Exception as exc:  # the transaction itself failed: nothing was stored
-                error = Unavailable(f"store write failed: {exc}")
-                outcomes = [(False, error)] * len(batch)
+            inline = inline and all(entry[2] for entry in batch)
+            outcomes: list[tuple[bool, Any]] | None = None
+            if inline:
+                assert self._inline is not None
+                try:
+                    outcomes = self._run_batch(self._inline, batch)
+                except _LockBusy:
+                    outcomes = None  # another process holds the lock: the thread waits for it
+                except Exception as exc:
+                    outcomes = [(False, Unavailable(f"store write failed: {exc}"))] * len(batch)
+                else:
+                    self.inline_batches += 1
+                    self._after_inline_commit()
+            if outcomes is None:
+                writer = self._writer_for_loop()
+                raw = self._raw(writer)
+                try:
+                    outcomes = await _run_in_connection_thread(
+                        writer,
+                        lambda b=batch, db=raw: self._run_batch(db, b, wait=True),  # type: ignore[misc]
+                    )
+                except Exception as exc:  # the transaction itself failed: nothing was stored
+                    error = Unavailable(f"store write failed: {exc}")
+                    outcomes = [(False, error)] * len(batch)
             self.batches += 1
             self.batched_writes += len(batch)
-            for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+            for (_, future, _), (ok, value) in zip(batch, outcomes, strict=True):
                 if not future.done():
                     if ok:
                         future.set_result(value)
                     else:
                         future.set_exception(value)
                 self._queue.task_done()
+            if inline:
+                # Let the writers just answered (and everyone else) run before the next batch.
+                await asyncio.sleep(0)
+
+    def _after_inline_commit(self) -> None:
+        self._inline_batches_since_checkpoint += 1
+        if self._inline_batches_since_checkpoint < CHECKPOINT_EVERY_BATCHES:
+            return
+        if self._checkpoint_task is not None and not self._checkpoint_task.done():
+            return
+        self._inline_batches_since_checkpoint = 0
+        self._checkpoint_task = asyncio.create_task(self._checkpoint(), name="sqlite-checkpoint")
+
+    async def _checkpoint(self) -> None:
+        writer = self._writer_for_loop()
+        raw = self._raw(writer)
+        try:
+            await _run_in_connection_thread(
+                writer, lambda: raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            )
+            self.checkpoints += 1
+        except sqlite3.Error:
+            pass  # PASSIVE gives way to readers and writers; the next one catches up
 
     def _writer_for_loop(self) -> aiosqlite.Connection:
         assert self._writer is not None
         return self._writer
 
-    def _run_batch(self, batch: list[tuple[SyncOp, asyncio.Future[Any]]]) -> list[tuple[bool, Any]]:
-        db = self._raw(self._writer)
+    def _run_batch(
+        self, db: sqlite3.Connection, batch: list[QueuedWrite], wait: bool = False
+    ) -> list[tuple[bool, Any]]:
+        _begin(db, wait)
         if len(batch) == 1:
             return [self._run_alone(db, batch[0][0])]
-        db.execute("BEGIN IMMEDIATE")
         outcomes: list[tuple[bool, Any]] = []
         try:
-            for op, _ in batch:
+            for op, _, _ in batch:
                 db.execute("SAVEPOINT op")
                 try:
                     result = op(db)
@@ -262,7 +346,6 @@ class SQLiteStore(Store):
     @staticmethod
     def _run_alone(db: sqlite3.Connection, op: SyncOp) -> tuple[bool, Any]:
         # With no neighbours to protect, the transaction itself is the savepoint.
-        db.execute("BEGIN IMMEDIATE")
         try:
             try:
                 result = op(db)
@@ -405,7 +488,7 @@ class SQLiteStore(Store):
             )
             return _conversation_row(db, conversation_id)
 
-        return await self._write(op)
+        return await self._write(op, inline=True)
 
     async def get_conversation(self, conversation_id: str) -> Conversation:
         return await self._read(lambda db: _conversation_row(db, conversation_id))
@@ -459,7 +542,7 @@ class SQLiteStore(Store):
             event = Event(request.conversation_id, int(seq), now, "message", data)
             return AppendedMessage(event, True, state)
 
-        return await self._write(op)
+        return await self._write(op, inline=True)
 
     async def apply_transition(self, request: TransitionRequest) -> tuple[Conversation, Event]:
         now = time.time()
@@ -501,7 +584,7 @@ class SQLiteStore(Store):
             )
             return _conversation_row(db, current.id), Event(current.id, seq, now, "state", data)
 
-        return await self._write(op)
+        return await self._write(op, inline=True)
 
     async def events_after(
         self, conversation_id: str, after_seq: int, limit: int = 1000
@@ -571,7 +654,7 @@ class SQLiteStore(Store):
             if cur.rowcount == 0:
                 raise NotFound("unknown conversation")
 
-        await self._write(op)
+        await self._write(op, inline=True)
 
     async def tenant_stats(self, tenant_id: str) -> TenantStats:
         def fn(db: sqlite3.Connection) -> TenantStats:
@@ -790,6 +873,19 @@ def _conversation_row(db: sqlite3.Connection, conversation_id: str) -> Conversat
     if row is None:
         raise NotFound("unknown conversation")
     return _conversation(row)
+
+
+class _LockBusy(Exception):
+    """BEGIN IMMEDIATE found the write lock taken, and this connection does not wait."""
+
+
+def _begin(db: sqlite3.Connection, wait: bool) -> None:
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if not wait and exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+            raise _LockBusy() from exc
+        raise
 
 
 def _fail_all(batch: Sequence[tuple[Any, asyncio.Future[Any]]], error: Exception) -> None:

@@ -1,0 +1,110 @@
+"""SQLite-only behaviour: small writes commit on the event loop, heavy ones and contended ones
+on the writer thread, and the loop never waits for the lock nor runs a checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from warmline.models import Chunk, Document
+from warmline.store import sqlite as sqlite_module
+from warmline.store.base import MessageRequest
+from warmline.store.sqlite import SQLiteStore
+
+CUSTOMER = {"role": "customer", "id": "cust-1", "name": "Customer"}
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    opened = SQLiteStore(str(tmp_path / "warmline.db"))
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def test_chat_writes_commit_on_the_loop(store: SQLiteStore) -> None:
+    await store.add_tenant("t1")  # administration: the writer thread
+    inline_before = store.inline_batches
+    conversation = await store.create_conversation("t1")
+    appended = await asyncio.gather(
+        *(
+            store.append_message(MessageRequest(conversation.id, f"m{i}", CUSTOMER, f"{i}"))
+            for i in range(10)
+        )
+    )
+    assert [a.event.seq for a in appended] == list(range(1, 11))
+    # One batch for the conversation, one for the ten messages that queued up together.
+    assert store.inline_batches == inline_before + 2
+
+
+async def test_heavy_writes_go_to_the_writer_thread(store: SQLiteStore) -> None:
+    await store.add_tenant("t1")
+    inline_before, batches_before = store.inline_batches, store.batches
+    document = Document("t1", "doc-1", "Refunds", "https://x/refunds", "Five days.", 1.0)
+    chunk = Chunk("t1", "doc-1", "doc-1#0", "Refunds", "https://x/refunds", "Five days.")
+    await store.replace_document(document, [chunk])
+    assert store.batches == batches_before + 1
+    assert store.inline_batches == inline_before
+
+
+async def test_a_write_waits_on_the_thread_while_another_process_holds_the_lock(
+    store: SQLiteStore,
+) -> None:
+    await store.add_tenant("t1")
+    conversation = await store.create_conversation("t1")
+    blocker = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # as another node's writer would
+        inline_before, batches_before = store.inline_batches, store.batches
+        write = asyncio.create_task(
+            store.append_message(MessageRequest(conversation.id, "m1", CUSTOMER, "hi"))
+        )
+        # The loop is free while the thread waits for the lock: this read answers.
+        assert (await store.get_conversation(conversation.id)).last_seq == 0
+        assert not write.done()
+        released = threading.Event()
+
+        def release() -> None:
+            blocker.execute("COMMIT")
+            released.set()
+
+        await asyncio.to_thread(release)
+        appended = await write
+        assert released.is_set() and appended.created and appended.event.seq == 1
+        assert store.inline_batches == inline_before  # it went to the thread
+        assert store.batches == batches_before + 1
+    finally:
+        blocker.close()
+    # Free again: the next one commits on the loop.
+    again = await store.append_message(MessageRequest(conversation.id, "m2", CUSTOMER, "again"))
+    assert again.event.seq == 2 and store.inline_batches == inline_before + 1
+
+
+async def test_inline_commits_are_checkpointed_off_the_loop(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_EVERY_BATCHES", 5)
+    await store.add_tenant("t1")
+    conversation = await store.create_conversation("t1")
+    for i in range(12):
+        await store.append_message(MessageRequest(conversation.id, f"m{i}", CUSTOMER, "hi"))
+    task = store._checkpoint_task
+    assert task is not None
+    await task
+    assert store.checkpoints >= 1
+    # Everything the inline connection committed is readable by a fresh connection.
+    fresh = sqlite3.connect(store.path)
+    try:
+        count = fresh.execute(
+            "SELECT COUNT(*) FROM events WHERE conversation_id = ?", (conversation.id,)
+        ).fetchone()[0]
+    finally:
+        fresh.close()
+    assert count == 12
