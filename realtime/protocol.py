@@ -170,11 +170,48 @@ def validate(frame: Frame, schema: dict[str, dict[str, Field]], max_text_chars: 
     return frame
 
 
+# json.dumps with options builds a new encoder per call; this one is stateless and shared.
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode(frame: Frame, binary: bool) -> str | bytes:
     if binary:
         packed: bytes = msgpack.packb(frame, use_bin_type=True)
         return packed
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+    return _JSON.encode(frame)
+
+
+class EncodeCache:
+    """`encode` for frames that go to many connections: the same dict object is encoded once.
+
+    Entries are keyed by the frame's identity and hold the frame itself, so its id cannot be
+    reused by another object while cached. Frames must not change once sent (bus messages
+    never do). Bounded by count and by size, oldest out first: fan-out happens in a burst
+    right after a publish, so a short memory is enough.
+    """
+
+    def __init__(self, max_entries: int = 64, max_chars: int = 4 * 1024 * 1024) -> None:
+        self._entries: dict[tuple[int, bool], tuple[Frame, str | bytes]] = {}
+        self._max_entries = max_entries
+        self._max_chars = max_chars
+        self._chars = 0
+
+    def encode(self, frame: Frame, binary: bool) -> str | bytes:
+        key = (id(frame), binary)
+        hit = self._entries.get(key)
+        if hit is not None:
+            return hit[1]
+        payload = encode(frame, binary)
+        if len(payload) <= self._max_chars:
+            self._entries[key] = (frame, payload)
+            self._chars += len(payload)
+            while len(self._entries) > self._max_entries or self._chars > self._max_chars:
+                oldest = next(iter(self._entries))
+                self._chars -= len(self._entries.pop(oldest)[1])
+        return payload
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def error_frame(code: str, message: str, ref: str | None = None, **extra: Any) -> Frame:

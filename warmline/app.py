@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from realtime.agent import AgentConnection, SupervisorConnection
@@ -125,8 +126,7 @@ async def api_kb_documents(request: Request) -> Response:
         return JSONResponse(
             {
                 "documents": [
-                    {"doc_id": d.doc_id, "title": d.title, "url": d.url,
-                     "updated_at": d.updated_at}
+                    {"doc_id": d.doc_id, "title": d.title, "url": d.url, "updated_at": d.updated_at}
                     for d in documents
                 ]
             }
@@ -183,14 +183,52 @@ def _page(name: str) -> Any:
     return page
 
 
-def ws_endpoint(kind: type[CustomerConnection] | type[AgentConnection]) -> Any:
+ConnectionKind = type[CustomerConnection] | type[AgentConnection]
+
+# The WebSocket endpoints, also served by WarmlineApp without the router (see there).
+WEBSOCKETS: dict[str, ConnectionKind] = {
+    "/v1/ws/customer": CustomerConnection,
+    "/v1/ws/agent": AgentConnection,
+    "/v1/ws/supervisor": SupervisorConnection,
+}
+
+
+def ws_endpoint(kind: ConnectionKind) -> Any:
     async def endpoint(websocket: WebSocket) -> None:
         await kind(websocket, _runtime(websocket)).run()
 
     return endpoint
 
 
-def create_app(config: Config | None = None) -> Starlette:
+def _route_path(scope: Scope) -> str:
+    """The path below the app's root_path, as Starlette's router matches it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] == "/":
+        return path[len(root) :]
+    return path
+
+
+class WarmlineApp(Starlette):
+    """Starlette, except that `/v1/ws/*` handshakes go straight to their connection class.
+
+    The router and middleware stack wrap every request in closures (exception handlers,
+    route matching) that a WebSocket would keep for its whole life: some 4 KiB per idle
+    connection. A WebSocket endpoint needs none of it: it handles its own errors, and origin,
+    rate and logging context are the connection's own work (`Connection.run`). Everything
+    else, lifespan included, goes through Starlette as usual.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            kind = WEBSOCKETS.get(_route_path(scope))
+            if kind is not None:
+                await kind(WebSocket(scope, receive, send), scope["state"]["runtime"]).run()
+                return
+        await super().__call__(scope, receive, send)
+
+
+def create_app(config: Config | None = None) -> WarmlineApp:
     config = config or Config.from_env()
 
     @contextlib.asynccontextmanager
@@ -215,9 +253,9 @@ def create_app(config: Config | None = None) -> Starlette:
         Route("/v1/api/kb/documents", api_kb_ingest, methods=["POST"]),
         Route("/v1/api/kb/documents/{doc_id:path}", api_kb_delete, methods=["DELETE"]),
         Route("/v1/api/kb/jobs/{job_id}", api_kb_job, methods=["GET"]),
-        WebSocketRoute("/v1/ws/customer", ws_endpoint(CustomerConnection)),
-        WebSocketRoute("/v1/ws/agent", ws_endpoint(AgentConnection)),
-        WebSocketRoute("/v1/ws/supervisor", ws_endpoint(SupervisorConnection)),
+        # Listed for the record (and served this way if mounted elsewhere); WarmlineApp
+        # answers these paths before the router.
+        *(WebSocketRoute(path, ws_endpoint(kind)) for path, kind in WEBSOCKETS.items()),
         Route("/", _page("index.html")),
         Route("/agent", _page("agent.html")),
         Route("/supervisor", _page("supervisor.html")),
@@ -230,9 +268,9 @@ def create_app(config: Config | None = None) -> Starlette:
         routes[5:5] = longpoll_routes()
     except ImportError:
         pass
-    return Starlette(routes=routes, lifespan=lifespan)
+    return WarmlineApp(routes=routes, lifespan=lifespan)
 
 
-def app_factory() -> Starlette:
+def app_factory() -> WarmlineApp:
     """For `uvicorn warmline.app:app_factory --factory`: configuration from the environment."""
     return create_app(Config.from_env())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 from prometheus_client import Counter, Gauge, Histogram
 
 CONNECTIONS = Gauge("warmline_connections", "Open client connections", ["role", "transport"])
@@ -33,3 +35,20 @@ RATE_LIMITED = Counter(
 ERRORS = Counter("warmline_errors_total", "Error frames and responses by code", ["code"])
 BUS_RECONNECTS = Gauge("warmline_bus_reconnects", "Times the bus reconnected to its backend")
 SLOW_CONSUMERS = Counter("warmline_slow_consumers_total", "Connections cut off for falling behind")
+
+
+# The labelled children that are counted on every frame, looked up once per label value
+# rather than through `labels()` (a lock and a dict of tuples) each time.
+@cache
+def frames_in(role: str) -> Counter:
+    return FRAMES_IN.labels(role)
+
+
+@cache
+def frames_out(role: str) -> Counter:
+    return FRAMES_OUT.labels(role)
+
+
+@cache
+def errors(code: str) -> Counter:
+    return ERRORS.labels(code)

@@ -221,13 +221,13 @@ class Runtime:
         metrics.SLOW_CONSUMERS.inc()
 
     def metrics_error(self, code: str) -> None:
-        metrics.ERRORS.labels(code).inc()
+        metrics.errors(code).inc()
 
     def metrics_frame_in(self, role: str) -> None:
-        metrics.FRAMES_IN.labels(role).inc()
+        metrics.frames_in(role).inc()
 
     def metrics_frame_out(self, role: str) -> None:
-        metrics.FRAMES_OUT.labels(role).inc()
+        metrics.frames_out(role).inc()
 
     def metrics_delivered(self, frame: dict[str, Any]) -> None:
         ts = frame.get("ts")
