@@ -6,6 +6,7 @@ Redis a separate RedisBus (own connections, own node id) on the same redis-serve
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -151,16 +152,62 @@ async def test_two_nodes_see_each_other(nodes: NodeFactory) -> None:
     on_a, on_b = Subscriber(), Subscriber()
     await node_a.subscribe("conv:shared", on_a)
     await node_b.subscribe("conv:shared", on_b)
+    # A conversation: each side answers what it has seen. `publish` returns before Redis has
+    # the message, so only publishes that follow a delivery are ordered across nodes.
     await node_a.publish("conv:shared", {"from": "a", "seq": 1})
+    assert (await next_message(on_b))["seq"] == 1
     await node_b.publish("conv:shared", {"from": "b", "seq": 2})
+    assert [m["seq"] for m in await drain(on_a, 2)] == [1, 2]
     await node_a.publish("conv:shared", {"from": "a", "seq": 3})
-    for sub in (on_a, on_b):
-        assert [m["seq"] for m in await drain(sub, 3)] == [1, 2, 3]
+    assert [m["seq"] for m in await drain(on_b, 2)] == [2, 3]
+    assert (await next_message(on_a))["seq"] == 3
+    assert len(on_a) == 0 and len(on_b) == 0
 
 
-async def test_message_values_round_trip(bus: Bus) -> None:
-    sub = Subscriber()
-    await bus.subscribe("conv:types", sub)
+async def test_own_publish_reaches_a_local_subscriber_exactly_once(nodes: NodeFactory) -> None:
+    here, there = await nodes(), await nodes()
+    local, remote = Subscriber(), Subscriber()
+    await here.subscribe("conv:once", local)
+    await there.subscribe("conv:once", remote)
+    for i in range(20):
+        await here.publish("conv:once", {"seq": i})
+    assert [m["seq"] for m in await drain(remote, 20)] == list(range(20))
+    # Published after `there` saw all twenty, so `here` reads this from Redis after its own
+    # copies of them: once it has arrived, a duplicate would have arrived before it.
+    await there.publish("conv:once", {"seq": "marker"})
+    assert [m["seq"] for m in await drain(local, 21)] == [*range(20), "marker"]
+    assert len(local) == 0
+
+
+async def test_a_burst_keeps_publish_order_for_local_and_remote_subscribers(
+    nodes: NodeFactory,
+) -> None:
+    here, there = await nodes(), await nodes()
+    local_a, local_b, remote = Subscriber(2000), Subscriber(2000), Subscriber(2000)
+    await here.subscribe("conv:burst", local_a)
+    await here.subscribe("conv:burst", local_b)
+    await there.subscribe("conv:burst", remote)
+    other = Subscriber(2000)  # another channel interleaved in the same burst
+    await there.subscribe("conv:burst-other", other)
+    # Concurrent publishers, as many request handlers would be: order is the order in which
+    # their publish calls ran, which `sent` records.
+    sent: list[int] = []
+
+    async def send(i: int) -> None:
+        sent.append(i)
+        await here.publish("conv:burst", {"seq": i})
+        await here.publish("conv:burst-other", {"seq": i})
+
+    await asyncio.gather(*(send(i) for i in range(1000)))
+    for sub in (local_a, local_b, remote, other):
+        assert [m["seq"] for m in await drain(sub, 1000)] == sent
+
+
+async def test_message_values_round_trip(nodes: NodeFactory) -> None:
+    here, there = await nodes(), await nodes()
+    local, remote = Subscriber(), Subscriber()
+    await here.subscribe("conv:types", local)
+    await there.subscribe("conv:types", remote)
     message = {
         "type": "event",
         "seq": 2**40,
@@ -170,8 +217,10 @@ async def test_message_values_round_trip(bus: Bus) -> None:
         "sources": [{"doc_id": "d", "title": "t", "url": ""}],
         "flag": False,
     }
-    await bus.publish("conv:types", message)
-    assert await next_message(sub) == message
+    await here.publish("conv:types", message)
+    # The remote copy went through msgpack and Redis; what the bus added on the way is gone.
+    assert await next_message(remote) == message
+    assert await next_message(local) == message
 
 
 async def test_close_ends_subscribers(nodes: NodeFactory) -> None:

@@ -8,13 +8,14 @@ import random
 import time
 from collections.abc import AsyncIterator
 
+import msgpack
 import pytest
 from redis.asyncio import Redis
 
 from tests.bus.waiting import eventually, next_message
 from tests.helpers.redis_server import RedisServer, free_port
 from warmline.bus.base import RESYNC, Subscriber
-from warmline.bus.redis import RedisBus
+from warmline.bus.redis import NODE_FIELD, RedisBus
 from warmline.errors import Unavailable
 
 
@@ -92,7 +93,8 @@ async def test_undecodable_payload_is_dropped_not_fatal(bus: RedisBus, admin: Re
     await bus.subscribe("conv:junk", sub)
     await admin.publish("conv:junk", b"\xc1 not msgpack")
     await admin.publish("conv:junk", b"\x93\x01\x02\x03")  # valid msgpack, but not a map
-    await bus.publish("conv:junk", {"seq": 1})
+    # From "another node", so it comes through the reader behind the junk.
+    await admin.publish("conv:junk", msgpack.packb({"seq": 1, NODE_FIELD: "elsewhere"}))
     assert await next_message(sub) == {"seq": 1}
     assert bus.healthy and bus.reconnects == 0
 
@@ -168,6 +170,7 @@ class FreezingProxy:
         self._frozen: set[int] = set()
         self._flows: dict[int, list[asyncio.StreamWriter]] = {}
         self._sent: dict[int, bytes] = {}  # the first bytes each client sent (its handshake)
+        self._freeze_new: bytes | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._next = 0
 
@@ -184,6 +187,10 @@ class FreezingProxy:
         chosen = {f for f, sent in self._sent.items() if marker in sent}
         self._frozen.update(chosen)
         return len(chosen)
+
+    def freeze_new(self, marker: bytes | None) -> None:
+        """Also freeze flows opened from now on, as soon as their client sends `marker`."""
+        self._freeze_new = marker
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
@@ -203,6 +210,8 @@ class FreezingProxy:
             while data := await src.read(65536):
                 if upstream and len(self._sent[flow]) < 4096:
                     self._sent[flow] += data
+                    if self._freeze_new is not None and self._freeze_new in self._sent[flow]:
+                        self._frozen.add(flow)
                 if flow not in self._frozen:
                     dst.write(data)
                     await dst.drain()
@@ -332,3 +341,140 @@ async def test_close_awaits_its_tasks_and_connections(
     while not await gone():
         assert time.monotonic() < deadline
         await asyncio.sleep(0.01)
+
+
+async def test_publish_while_redis_is_down_is_refused_and_delivered_nowhere(
+    redis_server: RedisServer,
+) -> None:
+    bus = RedisBus(redis_server.url, node_id="down")
+    await bus.start()
+    try:
+        sub = Subscriber()
+        await bus.subscribe("conv:d", sub)
+        await redis_server.astop()
+        await eventually(lambda: not bus.healthy, within_s=3)
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            await bus.publish("conv:d", {"seq": 1})
+        assert time.monotonic() - started < 0.5
+        # Refused means not delivered here either: the Republisher's retry is the one copy.
+        assert len(sub) == 0 and bus.queued_publishes == 0
+
+        await redis_server.astart()
+        assert await next_message(sub) == RESYNC
+        await bus.publish("conv:d", {"seq": 1})
+        assert await next_message(sub) == {"seq": 1}
+        assert len(sub) == 0
+    finally:
+        await bus.close()
+
+
+@pytest.fixture
+async def receiver(redis_server: RedisServer) -> AsyncIterator[RedisBus]:
+    """Another node, connected to Redis directly."""
+    node = RedisBus(redis_server.url, node_id="receiver")
+    await node.start()
+    yield node
+    await node.close()
+
+
+async def test_a_full_publish_queue_refuses_instead_of_growing(
+    redis_server: RedisServer, receiver: RedisBus
+) -> None:
+    bus = RedisBus(redis_server.url, node_id="full", max_queued=5)
+    await bus.start()
+    try:
+        local, remote = Subscriber(), Subscriber()
+        await bus.subscribe("conv:q", local)
+        await receiver.subscribe("conv:q", remote)
+        # `publish` does not yield to the event loop, so the writer sends nothing meanwhile.
+        for i in range(5):
+            await bus.publish("conv:q", {"seq": i})
+        assert bus.queued_publishes == 5
+        with pytest.raises(Unavailable):
+            await bus.publish("conv:q", {"seq": 5})
+        assert [m["seq"] for m in [await next_message(local) for _ in range(5)]] == [0, 1, 2, 3, 4]
+        assert len(local) == 0  # the refused one was not delivered here either
+        assert [m["seq"] for m in [await next_message(remote) for _ in range(5)]] == [0, 1, 2, 3, 4]
+        await eventually(lambda: bus.queued_publishes == 0)
+        await bus.publish("conv:q", {"seq": 6})
+        assert await next_message(remote) == {"seq": 6}
+    finally:
+        await bus.close()
+
+
+async def test_close_flushes_what_was_queued(redis_server: RedisServer, receiver: RedisBus) -> None:
+    bus = RedisBus(redis_server.url, node_id="leaving")
+    await bus.start()
+    remote = Subscriber(1000)
+    await receiver.subscribe("conv:flush", remote)
+    for i in range(600):
+        await bus.publish("conv:flush", {"seq": i})
+    assert bus.queued_publishes == 600  # nothing sent yet: publish does not yield
+    await bus.close()
+    assert bus.queued_publishes == 0
+    assert [m["seq"] for m in [await next_message(remote) for _ in range(600)]] == list(range(600))
+    assert len(remote) == 0
+
+
+async def test_a_batch_lost_with_its_connection_is_sent_again(
+    redis_server: RedisServer, receiver: RedisBus
+) -> None:
+    proxy = FreezingProxy(redis_server.port)
+    await proxy.start()
+    bus = RedisBus(proxy.url, node_id="resend", op_timeout_s=0.5)
+    try:
+        await bus.start()
+        remote = Subscriber()
+        await receiver.subscribe("conv:lost", remote)
+        await bus.publish("conv:lost", {"seq": 1})
+        assert await next_message(remote) == {"seq": 1}  # the writer's connection is open
+
+        # Accepted, then swallowed by the frozen connection: Redis never sees them, the
+        # round trip times out, and the writer sends them again on a new connection.
+        assert proxy.freeze(b"warmline-pub-") == 1
+        await bus.publish("conv:lost", {"seq": 2})
+        await bus.publish("conv:lost", {"seq": 3})
+        assert [(await next_message(remote))["seq"] for _ in range(2)] == [2, 3]
+        await bus.publish("conv:lost", {"seq": 4})
+        assert await next_message(remote) == {"seq": 4}
+        assert len(remote) == 0
+        assert bus.healthy and bus.reconnects == 0 and not bus.publish_failing
+    finally:
+        await bus.close()
+        await proxy.close()
+
+
+async def test_publish_is_refused_while_the_writer_cannot_reach_redis(
+    redis_server: RedisServer, receiver: RedisBus
+) -> None:
+    proxy = FreezingProxy(redis_server.port)
+    await proxy.start()
+    bus = RedisBus(proxy.url, node_id="cutoff", op_timeout_s=0.3, connect_timeout_s=0.3)
+    try:
+        await bus.start()
+        remote = Subscriber()
+        await receiver.subscribe("conv:cut", remote)
+        await bus.publish("conv:cut", {"seq": 1})
+        assert await next_message(remote) == {"seq": 1}
+
+        # Only the publishing connection is cut off, new ones included; the subscription and
+        # the probe are fine, so only the writer's failures can tell.
+        proxy.freeze_new(b"warmline-pub-")
+        assert proxy.freeze(b"warmline-pub-") == 1
+        await bus.publish("conv:cut", {"seq": 2})  # accepted: nothing is known to be wrong yet
+        await eventually(lambda: bus.publish_failing, within_s=5)
+        assert bus.healthy
+        with pytest.raises(Unavailable):
+            await bus.publish("conv:cut", {"seq": 3})
+
+        proxy.freeze_new(None)
+        # The accepted one was kept and arrives once the writer gets through.
+        assert await next_message(remote, within_s=8) == {"seq": 2}
+        await eventually(lambda: not bus.publish_failing)
+        await bus.publish("conv:cut", {"seq": 4})
+        assert await next_message(remote) == {"seq": 4}
+        assert len(remote) == 0
+    finally:
+        await bus.close()
+        await proxy.close()

@@ -12,17 +12,25 @@ How it stays correct when Redis misbehaves:
 - A liveness probe publishes to the node-private channel `probe:<node_id>` every second and
   expects it back within two: a subscription that died without closing its socket (a hung or
   partitioned Redis) is noticed in seconds instead of never, while health stays honest.
-- Every operation has a short timeout: `publish` raises Unavailable instead of hanging
-  (callers stored the event first, so nothing is lost; subscribers resync later).
+- Every operation has a short timeout, and `publish` raises Unavailable at once while Redis
+  is known to be unreachable (callers stored the event first and hand it to the Republisher;
+  subscribers resync later).
+
+How it stays fast: a publish never waits for Redis. Local subscribers of the channel get the
+message synchronously, in publish order, inside `publish`; the Redis copy carries this node's
+id (`_node`) so our own reader skips it when it comes back, and one writer task sends whatever
+is queued as one pipelined batch per round trip, in publish order, for the other nodes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
 import uuid
+from collections import deque
 from typing import Any
 
 import msgpack
@@ -30,7 +38,7 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from warmline.backoff import Backoff
 from warmline.bus.base import RESYNC, Bus, Message, Subscriber
@@ -40,12 +48,38 @@ log = logging.getLogger("warmline.bus.redis")
 
 PROBE_PREFIX = "probe:"
 
+# The publishing node's id in every Redis copy. A map field, so any msgpack reader decodes the
+# message; ours strip it before delivery.
+NODE_FIELD = "_node"
+
 # Everything a broken or hung connection can raise through redis-py or asyncio.
 _LINK_ERRORS = (RedisError, OSError, TimeoutError, EOFError)
 
 
 def pack(message: Message) -> bytes:
     return msgpack.packb(message, use_bin_type=True)
+
+
+def publish_command(channel: bytes, payload: bytes) -> bytes:
+    """One PUBLISH in RESP, ready to be sent with others in one write."""
+    return b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
+        len(channel),
+        channel,
+        len(payload),
+        payload,
+    )
+
+
+def map_body_offset(payload: bytes) -> int:
+    """Where the first key of a msgpack map starts (-1 if the payload is not a map)."""
+    first = payload[0] if payload else 0
+    if 0x80 <= first <= 0x8F:  # fixmap
+        return 1
+    if first == 0xDE:  # map 16
+        return 3
+    if first == 0xDF:  # map 32
+        return 5
+    return -1
 
 
 def unpack(payload: bytes) -> Message:
@@ -130,6 +164,8 @@ class RedisBus(Bus):
         connect_timeout_s: float = 2.0,
         start_timeout_s: float = 5.0,
         backoff: Backoff | None = None,
+        max_queued: int = 10_000,
+        max_batch: int = 512,
     ) -> None:
         self.node_id = node_id or uuid.uuid4().hex[:12]
         self.probe_channel = PROBE_PREFIX + self.node_id
@@ -143,8 +179,8 @@ class RedisBus(Bus):
         # A session that survived this long resets the backoff; a flapping Redis (accepts,
         # then drops) keeps backing off instead of being hammered at the base delay.
         self._stable_after = max(5.0, 2 * probe_timeout_s)
-        # Commands (PUBLISH, PING): a pool with short timeouts and one immediate retry, so a
-        # connection left stale by a Redis restart is replaced once instead of failing.
+        # Commands (probe PUBLISH, PING): a pool with short timeouts and one immediate retry, so
+        # a connection left stale by a Redis restart is replaced once instead of failing.
         self._cmd = Redis.from_url(
             url,
             socket_timeout=op_timeout_s,
@@ -165,6 +201,27 @@ class RedisBus(Bus):
         self._sub_pool = ConnectionPool.from_url(url, **sub_options)
         # Options in the URL's query string win in from_url; these must not be overridden.
         self._sub_pool.connection_kwargs.update(sub_options)
+        # Only a factory for the writer's connection. No socket timeout: the writer bounds each
+        # whole round trip itself; no retries: the writer decides what to resend; RESP2, as
+        # PUBLISH needs nothing newer.
+        pub_options: dict[str, Any] = {
+            "socket_timeout": None,
+            "socket_connect_timeout": connect_timeout_s,
+            "retry": Retry(NoBackoff(), 0),
+            "protocol": 2,
+            "client_name": f"warmline-pub-{self.node_id}",
+        }
+        self._pub_pool = ConnectionPool.from_url(url, **pub_options)
+        self._pub_pool.connection_kwargs.update(pub_options)
+        # Accepted publishes (packed PUBLISH commands) in publish order. One stays here until
+        # Redis has answered it, so a batch lost with its connection is sent again.
+        self._outbox: deque[bytes] = deque()
+        self._max_queued = max_queued
+        self._max_batch = max_batch
+        self._writer_wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._writer_failing = False  # the last round trip failed and none succeeded since
+        self._own_mark = msgpack.packb(NODE_FIELD) + msgpack.packb(self.node_id)
         self._local: dict[str, set[Subscriber]] = {}
         self._lock = asyncio.Lock()  # orders (UN)SUBSCRIBE decisions with their sends
         self._session: _Session | None = None
@@ -184,6 +241,7 @@ class RedisBus(Bus):
         """
         if self._task is not None or self._closed:
             return
+        self._writer = asyncio.create_task(self._write(), name=f"redis-bus-writer-{self.node_id}")
         self._task = asyncio.create_task(self._run(), name=f"redis-bus-{self.node_id}")
         if not await self.wait_healthy(self._start_timeout):
             log.warning("bus: redis not reachable yet at start; retrying in the background")
@@ -191,22 +249,37 @@ class RedisBus(Bus):
     async def close(self) -> None:
         if self._closed:
             return
-        self._closed = True
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
+        self._closed = True  # publish refuses from now on
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            # The writer flushes what was accepted and then returns; against a Redis that does
+            # not answer it gives up after its own timeouts. This bound is only a backstop.
+            self._writer_wake.set()
             try:
-                await task
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
+                await asyncio.wait({writer}, timeout=2 * (self._op_timeout + self._connect_timeout))
+            finally:
+                await self._stop(writer)
+        await self._stop(self._task)
+        self._task = None
         self._set_healthy(False)
         await self._cmd.aclose()
         await self._sub_pool.disconnect()
+        await self._pub_pool.disconnect()
         for subscriber in self._all_subscribers():
             subscriber.close()
         self._local.clear()
+
+    @staticmethod
+    async def _stop(task: asyncio.Task[None] | None) -> None:
+        if task is None:
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
 
     async def wait_healthy(self, within_s: float) -> bool:
         """True once the bus is (or becomes) healthy within the given time."""
@@ -233,16 +306,29 @@ class RedisBus(Bus):
             raise Unavailable(f"bus: redis does not answer: {exc}") from exc
 
     async def publish(self, channel: str, message: Message) -> None:
-        # Always try, even while our own subscription is down: other nodes may be connected,
-        # and a publish that reaches them saves them a gap. A failure is quick and explicit.
+        """Deliver to this node's subscribers now and queue the Redis copy for the writer.
+
+        Either all of it happens or, with Unavailable, none of it: the caller hands a refused
+        publish to the Republisher, whose retry then reaches local subscribers exactly once.
+        Refused at once while Redis is known to be unreachable: the subscription is down
+        (reader saw the socket close, or the liveness probe failed) or the writer's last round
+        trip failed. Accepted publishes are the writer's to deliver (see `_write`).
+        """
         if self._closed:
             raise Unavailable("bus is closed")
-        payload = pack(message)
-        try:
-            async with asyncio.timeout(self._op_timeout):
-                await self._cmd.publish(channel, payload)
-        except _LINK_ERRORS as exc:
-            raise Unavailable(f"bus: publish to redis failed: {exc}") from exc
+        if not self._healthy:
+            raise Unavailable("bus: redis subscription is down")
+        if self._writer_failing:
+            raise Unavailable("bus: publishing to redis fails")
+        if len(self._outbox) >= self._max_queued:
+            raise Unavailable("bus: too many publishes waiting for redis")
+        command = publish_command(channel.encode(), pack({NODE_FIELD: self.node_id, **message}))
+        subscribers = self._local.get(channel)
+        if subscribers:
+            for subscriber in tuple(subscribers):
+                subscriber.push(message)
+        self._outbox.append(command)
+        self._writer_wake.set()
 
     async def subscribe(self, channel: str, subscriber: Subscriber) -> None:
         """Returns once Redis confirms the subscription, so a caller may then read the store
@@ -264,6 +350,16 @@ class RedisBus(Bus):
 
     def channel_count(self) -> int:
         return len(self._local)
+
+    @property
+    def queued_publishes(self) -> int:
+        """Publishes accepted and not yet answered by Redis."""
+        return len(self._outbox)
+
+    @property
+    def publish_failing(self) -> bool:
+        """The writer's last round trip to Redis failed and none has succeeded since."""
+        return self._writer_failing
 
     # -- subscriptions -------------------------------------------------------------------
 
@@ -335,6 +431,97 @@ class RedisBus(Bus):
         else:
             self._healthy_event.clear()
 
+    # -- the writer ----------------------------------------------------------------------
+
+    async def _write(self) -> None:
+        """The node's one publisher: one round trip sends everything queued (up to a batch).
+
+        `publish` returned when it queued a message, so a batch that fails is never dropped:
+        it stays at the head of the queue and is sent again, once at once on a new connection
+        (the old one may just be stale after a Redis restart), then with backoff, woken early
+        when the subscription comes back. Meanwhile `publish` refuses, so new messages go to
+        the Republisher instead and the queue stops growing. Resending keeps remote order
+        (one queue, one connection) where a RESYNC could not: it reaches only this node's
+        subscribers, which already have the message. A resend may repeat a PUBLISH that Redis
+        ran just before the connection broke; consumers drop a seq they already delivered, as
+        for the Republisher's retries. Only at close, with Redis not answering, is the rest
+        dropped (and logged): it is stored, and remote subscribers read it from the store on
+        their next gap or resync.
+        """
+        conn: AbstractConnection | None = None
+        failures = 0
+        try:
+            while True:
+                if not self._outbox:
+                    if self._closed:
+                        return
+                    self._writer_wake.clear()
+                    await self._writer_wake.wait()
+                    continue
+                batch = list(itertools.islice(self._outbox, self._max_batch))
+                try:
+                    if conn is None:
+                        conn = self._pub_pool.make_connection()
+                        async with asyncio.timeout(self._connect_timeout):
+                            await conn.connect()
+                    async with asyncio.timeout(self._op_timeout):
+                        rejected = await self._round_trip(conn, batch)
+                except _LINK_ERRORS as exc:
+                    if conn is not None:
+                        await conn.disconnect(nowait=True)
+                        conn = None
+                    failures += 1
+                    if failures == 1:
+                        continue
+                    if not self._writer_failing:
+                        log.warning("bus %s: publishing to redis failed: %r", self.node_id, exc)
+                    self._writer_failing = True
+                    if self._closed:
+                        log.warning(
+                            "bus %s: closed with %d publishes redis did not take",
+                            self.node_id,
+                            len(self._outbox),
+                        )
+                        self._outbox.clear()
+                        return
+                    await self._pause(self._backoff.delay(failures - 2, random.random()))
+                    continue
+                for _ in range(len(batch)):
+                    self._outbox.popleft()
+                failures = 0
+                self._writer_failing = False
+                if rejected:
+                    # Redis refused them (an ACL, say): sending again would not help.
+                    log.error("bus %s: redis rejected %d publishes", self.node_id, rejected)
+        finally:
+            if conn is not None:
+                await conn.disconnect(nowait=True)
+
+    async def _round_trip(self, conn: AbstractConnection, batch: list[bytes]) -> int:
+        """Send the batch in one write, read one reply per PUBLISH; count error replies."""
+        if not conn.is_connected:
+            # redis-py would quietly open a new connection on send: the writer does that.
+            raise ConnectionError("publish connection is gone")
+        await conn.send_packed_command(b"".join(batch), check_health=False)
+        rejected = 0
+        for _ in batch:
+            try:
+                await conn.read_response()
+            except ResponseError:
+                rejected += 1
+        return rejected
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep, but wake for a new subscription session or close."""
+        if self._closed:
+            return
+        self._writer_wake.clear()
+        try:
+            async with asyncio.timeout(delay):
+                await self._writer_wake.wait()
+        except TimeoutError:
+            pass
+
     # -- the session loop ----------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -389,6 +576,7 @@ class RedisBus(Bus):
             )
         self._sessions_opened += 1
         self._set_healthy(True)
+        self._writer_wake.set()  # a writer backing off retries now rather than at its next try
         # Subscribed again before this: anything published from now on arrives live, and
         # whatever was published while we were away is read back from the store.
         for subscriber in self._all_subscribers():
@@ -459,10 +647,14 @@ class RedisBus(Bus):
         subscribers = self._local.get(channel)
         if not subscribers:
             return  # an UNSUBSCRIBE is in flight; nobody here wants it any more
+        offset = map_body_offset(payload)
+        if offset > 0 and payload.startswith(self._own_mark, offset):
+            return  # published here: `publish` delivered it to local subscribers already
         try:
             message = unpack(payload)
         except (ValueError, TypeError, msgpack.UnpackException):
             log.warning("bus: dropping an undecodable message on %s", channel)
             return
+        message.pop(NODE_FIELD, None)
         for subscriber in tuple(subscribers):
             subscriber.push(message)
