@@ -131,7 +131,8 @@ class RedisPresence(PresenceBackend):
             async with asyncio.timeout(self._op_timeout):
                 return await op
         except _LINK_ERRORS as exc:
-            raise Unavailable(f"presence: redis failed: {exc}") from exc
+            # A timeout has an empty message: name the exception so the error says what happened.
+            raise Unavailable(f"presence: redis failed: {exc!r}") from exc
 
     async def heartbeat(
         self,

@@ -60,6 +60,22 @@ class ChatOptions:
 
 
 # Client side ---------------------------------------------------------------------------------
+HELLO_ATTEMPTS = 5
+
+
+async def hello(peer: Peer, frame: Frame) -> Frame:
+    """Say hello; an overloaded server's transient `internal` error (a backing service slower
+    than its timeout) is retried with backoff, as the widget and the dashboard do."""
+    for attempt in range(HELLO_ATTEMPTS):
+        welcome = await peer.request(dict(frame))
+        if welcome.get("type") == "welcome":
+            return welcome
+        if welcome.get("code") != "internal" or attempt == HELLO_ATTEMPTS - 1:
+            break
+        await asyncio.sleep(0.5 * 2**attempt)
+    raise RuntimeError(f"{frame['type']} as {peer.data.get('role')}: {welcome}")
+
+
 @dataclass
 class Pair:
     customer: Peer
@@ -157,13 +173,9 @@ class Worker:
     ) -> None:
         async with gate:
             agent = await self._open(agent_url, "agent")
-            welcome = await agent.request({"type": "hello", "token": token, "capacity": 0})
-            if welcome.get("type") != "welcome":
-                raise RuntimeError(f"agent hello: {welcome}")
+            await hello(agent, {"type": "hello", "token": token, "capacity": 0})
             customer = await self._open(customer_url, "customer")
-            welcome = await customer.request({"type": "hello", "tenant": "demo"})
-            if welcome.get("type") != "welcome":
-                raise RuntimeError(f"customer hello: {welcome}")
+            welcome = await hello(customer, {"type": "hello", "tenant": "demo"})
             conversation_id = welcome["conversation_id"]
             human = customer.expect(is_state("human"))
             assigned = agent.expect(
