@@ -93,22 +93,36 @@ class AgentConnection(Connection):
 
     async def _hello(self, frame: Message, ref: str | None) -> None:
         agent = await self._authenticate(frame)
-        self.agent = agent
-        self.authenticated = True
+        status, capacity = self.status, self.capacity
         if isinstance(frame.get("status"), str) and frame["status"] in (
             "online",
             "away",
             "offline",
         ):
-            self.status = frame["status"]
-        capacity = frame.get("capacity")
-        if isinstance(capacity, int) and not isinstance(capacity, bool) and 0 <= capacity <= 100:
-            self.capacity = capacity
-        await self.subscribe_channel(channels.agent(agent.id))
-        await self.subscribe_channel(channels.tenant_queue(agent.tenant))
-        items, _ = await self.runtime.dispatcher.queue_snapshot(agent.tenant)
-        owned = await self.runtime.store.owned_by(agent.id)
-        colleagues = await self.runtime.store.list_agents(agent.tenant)
+            status = frame["status"]
+        requested = frame.get("capacity")
+        if isinstance(requested, int) and not isinstance(requested, bool) and 0 <= requested <= 100:
+            capacity = requested
+        # All or nothing: a hello that fails on the way (presence or store unavailable) leaves
+        # the connection as it was, so the client can simply say hello again.
+        self.agent, self.status, self.capacity = agent, status, capacity
+        try:
+            await self._heartbeat()
+            await self.subscribe_channel(channels.agent(agent.id))
+            await self.subscribe_channel(channels.tenant_queue(agent.tenant))
+            items, _ = await self.runtime.dispatcher.queue_snapshot(agent.tenant)
+            owned = await self.runtime.store.owned_by(agent.id)
+            colleagues = await self.runtime.store.list_agents(agent.tenant)
+        except BaseException:
+            self.agent = None
+            self.tenant = None
+            for channel in list(self.channels):
+                with contextlib.suppress(Exception):
+                    await self.unsubscribe_channel(channel)
+            with contextlib.suppress(Exception):
+                await self.runtime.presence.drop(agent.id, agent.tenant, self.id, time.time())
+            raise
+        self.authenticated = True
         welcome: dict[str, Any] = {
             "type": "welcome",
             "agent": {"id": agent.id, "name": agent.name, "tenant": agent.tenant},
@@ -126,7 +140,6 @@ class AgentConnection(Connection):
         if ref is not None:
             welcome["ref"] = ref
         self.send(welcome)
-        await self._heartbeat()
         self._refresh_task = asyncio.create_task(
             self._refresh_presence(), name=f"presence:{self.id}"
         )
