@@ -54,9 +54,37 @@ async def test_heavy_writes_go_to_the_writer_thread(store: SQLiteStore) -> None:
     assert store.inline_batches == inline_before
 
 
-async def test_a_write_waits_on_the_thread_while_another_process_holds_the_lock(
+async def test_a_write_retries_on_the_loop_while_another_process_briefly_holds_the_lock(
     store: SQLiteStore,
 ) -> None:
+    await store.add_tenant("t1")
+    conversation = await store.create_conversation("t1")
+    blocker = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # as another node's writer would
+        inline_before, busy_before = store.inline_batches, store.inline_busy
+        write = asyncio.create_task(
+            store.append_message(MessageRequest(conversation.id, "m1", CUSTOMER, "hi"))
+        )
+        for _ in range(10_000):  # turns of the loop until the write has met the lock
+            if store.inline_busy > busy_before:
+                break
+            await asyncio.sleep(0)
+        assert store.inline_busy > busy_before and not write.done()
+        await asyncio.to_thread(blocker.execute, "COMMIT")
+        appended = await write
+    finally:
+        blocker.close()
+    assert appended.created and appended.event.seq == 1
+    assert store.inline_batches == inline_before + 1  # committed on the loop after all
+
+
+async def test_a_write_waits_on_the_thread_while_another_process_holds_the_lock(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No retries on the loop: as when the lock stays taken longer than INLINE_BUSY_WAIT_S.
+    monkeypatch.setattr(sqlite_module, "_INLINE_RETRY_DELAYS", (0.0,))
+    monkeypatch.setattr(sqlite_module, "INLINE_BUSY_WAIT_S", 0.0)
     await store.add_tenant("t1")
     conversation = await store.create_conversation("t1")
     blocker = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)

@@ -56,6 +56,10 @@ MAX_BATCH = 256
 MAX_INLINE_BATCH = 64
 # Inline commits leave the WAL to grow; a PASSIVE checkpoint (off the loop) every this many.
 CHECKPOINT_EVERY_BATCHES = 500
+# When another process holds the write lock: retry on the loop after these pauses (the first
+# ones are just the next turns of the loop), then leave the batch to the writer thread.
+INLINE_BUSY_WAIT_S = 0.5
+_INLINE_RETRY_DELAYS = (0.0, 0.0, 0.0, *([0.001] * 5), *([0.002] * 10), *([0.005] * 90))
 
 
 def _run_in_connection_thread(conn: aiosqlite.Connection, fn: Callable[[], T]) -> Any:
@@ -77,6 +81,7 @@ class SQLiteStore(Store):
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._inline_batches_since_checkpoint = 0
         self.inline_batches = 0
+        self.inline_busy = 0
         self.checkpoints = 0
         self._writer_task: asyncio.Task[None] | None = None
         self._read_queue: asyncio.Queue[
@@ -257,16 +262,7 @@ class SQLiteStore(Store):
             inline = inline and all(entry[2] for entry in batch)
             outcomes: list[tuple[bool, Any]] | None = None
             if inline:
-                assert self._inline is not None
-                try:
-                    outcomes = self._run_batch(self._inline, batch)
-                except _LockBusy:
-                    outcomes = None  # another process holds the lock: the thread waits for it
-                except Exception as exc:
-                    outcomes = [(False, Unavailable(f"store write failed: {exc}"))] * len(batch)
-                else:
-                    self.inline_batches += 1
-                    self._after_inline_commit()
+                outcomes = await self._run_inline(batch)
             if outcomes is None:
                 writer = self._writer_for_loop()
                 raw = self._raw(writer)
@@ -290,6 +286,34 @@ class SQLiteStore(Store):
             if inline:
                 # Let the writers just answered (and everyone else) run before the next batch.
                 await asyncio.sleep(0)
+
+    async def _run_inline(self, batch: list[QueuedWrite]) -> list[tuple[bool, Any]] | None:
+        """Commit the batch on the loop's connection; None to hand it to the writer thread.
+
+        Another process (a second node on the same file) holding the lock means a retry
+        soon, not SQLite's busy handler: that one sleeps 1, 2, 5 … 100 ms between attempts,
+        and against a node that retries at once it would lose the lock for tens of
+        milliseconds at a time. Only a lock held longer than INLINE_BUSY_WAIT_S (a large
+        import, say) sends the batch to the thread, which waits as long as it takes.
+        """
+        waited = 0.0
+        for delay in _INLINE_RETRY_DELAYS:
+            assert self._inline is not None
+            try:
+                outcomes = self._run_batch(self._inline, batch)
+            except _LockBusy:
+                self.inline_busy += 1
+                if waited >= INLINE_BUSY_WAIT_S:
+                    return None
+                await asyncio.sleep(delay)
+                waited += delay
+                continue
+            except Exception as exc:
+                return [(False, Unavailable(f"store write failed: {exc}"))] * len(batch)
+            self.inline_batches += 1
+            self._after_inline_commit()
+            return outcomes
+        return None
 
     def _after_inline_commit(self) -> None:
         self._inline_batches_since_checkpoint += 1
