@@ -188,31 +188,12 @@ class RedisBus(Bus):
             retry=Retry(NoBackoff(), 1),
             client_name=f"warmline-cmd-{self.node_id}",
         )
-        # Only a factory for the pub/sub connection. No read timeout on it (channels may be
-        # idle for hours; the probe watches it), RESP2 so pushes are plain replies, and no
-        # retries: every failure must reach our session loop.
-        sub_options: dict[str, Any] = {
-            "socket_timeout": None,
-            "socket_connect_timeout": connect_timeout_s,
-            "retry": Retry(NoBackoff(), 0),
-            "protocol": 2,
-            "client_name": f"warmline-bus-{self.node_id}",
-        }
-        self._sub_pool = ConnectionPool.from_url(url, **sub_options)
-        # Options in the URL's query string win in from_url; these must not be overridden.
-        self._sub_pool.connection_kwargs.update(sub_options)
-        # Only a factory for the writer's connection. No socket timeout: the writer bounds each
-        # whole round trip itself; no retries: the writer decides what to resend; RESP2, as
-        # PUBLISH needs nothing newer.
-        pub_options: dict[str, Any] = {
-            "socket_timeout": None,
-            "socket_connect_timeout": connect_timeout_s,
-            "retry": Retry(NoBackoff(), 0),
-            "protocol": 2,
-            "client_name": f"warmline-pub-{self.node_id}",
-        }
-        self._pub_pool = ConnectionPool.from_url(url, **pub_options)
-        self._pub_pool.connection_kwargs.update(pub_options)
+        # Factories for the pub/sub connection and the writer's. No read timeout on either
+        # (channels may be idle for hours and the probe watches the subscription; the writer
+        # bounds each whole round trip itself), no retries (every failure must reach our own
+        # loops, which decide what to resend), and RESP2 so pushes are plain replies.
+        self._sub_pool = _raw_pool(url, f"warmline-bus-{self.node_id}", connect_timeout_s)
+        self._pub_pool = _raw_pool(url, f"warmline-pub-{self.node_id}", connect_timeout_s)
         # Accepted publishes (packed PUBLISH commands) in publish order. One stays here until
         # Redis has answered it, so a batch lost with its connection is sent again.
         self._outbox: deque[bytes] = deque()
@@ -658,3 +639,17 @@ class RedisBus(Bus):
         message.pop(NODE_FIELD, None)
         for subscriber in tuple(subscribers):
             subscriber.push(message)
+
+
+def _raw_pool(url: str, client_name: str, connect_timeout_s: float) -> ConnectionPool:
+    options: dict[str, Any] = {
+        "socket_timeout": None,
+        "socket_connect_timeout": connect_timeout_s,
+        "retry": Retry(NoBackoff(), 0),
+        "protocol": 2,
+        "client_name": client_name,
+    }
+    pool = ConnectionPool.from_url(url, **options)
+    # Options in the URL's query string win in from_url; these must not be overridden.
+    pool.connection_kwargs.update(options)
+    return pool
