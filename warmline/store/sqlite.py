@@ -211,10 +211,7 @@ class SQLiteStore(Store):
         assert conn is not None
         raw = self._raw(conn)
         while True:
-            first = await self._read_queue.get()
-            batch = [first]
-            while len(batch) < MAX_BATCH and not self._read_queue.empty():
-                batch.append(self._read_queue.get_nowait())
+            batch = _take_batch(self._read_queue, await self._read_queue.get(), MAX_BATCH)
             try:
                 outcomes = await _run_in_connection_thread(
                     conn,
@@ -227,12 +224,7 @@ class SQLiteStore(Store):
                 _fail_all(batch, Unavailable(f"store read failed: {exc}"))
                 continue
             self.read_batches += 1
-            for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
-                if not future.done():
-                    if ok:
-                        future.set_result(value)
-                    else:
-                        future.set_exception(value)
+            _settle([future for _, future in batch], outcomes)
 
     async def _write(self, op: Callable[[sqlite3.Connection], T], inline: bool = False) -> T:
         """Queue a write for the next group commit.
@@ -254,11 +246,8 @@ class SQLiteStore(Store):
         # The loop never waits for the lock (busy_timeout 0 there), and never checkpoints.
         while True:
             first = await self._queue.get()
-            batch = [first]
             inline = self._inline is not None and first[2]
-            limit = MAX_INLINE_BATCH if inline else MAX_BATCH
-            while len(batch) < limit and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            batch = _take_batch(self._queue, first, MAX_INLINE_BATCH if inline else MAX_BATCH)
             inline = inline and all(entry[2] for entry in batch)
             outcomes: list[tuple[bool, Any]] | None = None
             if inline:
@@ -276,12 +265,8 @@ class SQLiteStore(Store):
                     outcomes = [(False, error)] * len(batch)
             self.batches += 1
             self.batched_writes += len(batch)
-            for (_, future, _), (ok, value) in zip(batch, outcomes, strict=True):
-                if not future.done():
-                    if ok:
-                        future.set_result(value)
-                    else:
-                        future.set_exception(value)
+            _settle([future for _, future, _ in batch], outcomes)
+            for _ in batch:
                 self._queue.task_done()
             if inline:
                 # Let the writers just answered (and everyone else) run before the next batch.
@@ -912,10 +897,29 @@ def _begin(db: sqlite3.Connection, wait: bool) -> None:
         raise
 
 
-def _fail_all(batch: Sequence[tuple[Any, asyncio.Future[Any]]], error: Exception) -> None:
-    for _, future in batch:
+E = TypeVar("E")
+
+
+def _take_batch(queue: asyncio.Queue[E], first: E, limit: int) -> list[E]:
+    """`first` and whatever else is queued already, up to `limit` in all."""
+    batch = [first]
+    while len(batch) < limit and not queue.empty():
+        batch.append(queue.get_nowait())
+    return batch
+
+
+def _settle(futures: Sequence[asyncio.Future[Any]], outcomes: Sequence[tuple[bool, Any]]) -> None:
+    """Answer each waiting caller with its own outcome: (True, result) or (False, error)."""
+    for future, (ok, value) in zip(futures, outcomes, strict=True):
         if not future.done():
-            future.set_exception(error)
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+
+def _fail_all(batch: Sequence[tuple[Any, asyncio.Future[Any]]], error: Exception) -> None:
+    _settle([future for _, future in batch], [(False, error)] * len(batch))
 
 
 def _attempt(fn: Callable[[sqlite3.Connection], Any], db: sqlite3.Connection) -> tuple[bool, Any]:
