@@ -1,7 +1,7 @@
 """What keeps idle connections cheap and fan-out fast must not change what clients see.
 
 The WebSocket endpoints are served in front of Starlette's router, the writer runs only while
-there is something to write, the heartbeat deadline is one timer per connection, and a frame
+there is something to write, heartbeat deadlines are one sweep per node, and a frame
 published to many connections is encoded once: each of those is checked here from outside,
 against a real server.
 """
@@ -93,16 +93,22 @@ async def test_a_connection_that_keeps_talking_outlives_two_heartbeats(
     assert loop.time() - silent_since >= 2 * HEARTBEAT_S - HEARTBEAT_S / 2 - 0.1
 
 
-async def test_an_idle_connection_still_gets_what_is_published_later(
-    server: ServerProcess,
-) -> None:
-    """Nothing is written for a while (no writer runs), then events arrive from elsewhere."""
+async def handed_off(server: ServerProcess, agent_name: str) -> tuple[Client, Client, str]:
+    """A customer whose conversation an agent (away, so dispatch leaves it alone) claimed."""
     customer, welcome = await Client.customer(server.ws_url())
-    token = server.add_agent("Idle Ida")
+    token = server.add_agent(agent_name)
     agent, _ = await Client.agent(server.ws_url("agent"), token, status="away")
     conversation_id = welcome["conversation_id"]
     await customer.request({"type": "request_human"})
     await agent.request({"type": "claim", "conversation_id": conversation_id})
+    return customer, agent, conversation_id
+
+
+async def test_an_idle_connection_still_gets_what_is_published_later(
+    server: ServerProcess,
+) -> None:
+    """Nothing is written for a while (no writer runs), then events arrive from elsewhere."""
+    customer, agent, conversation_id = await handed_off(server, "Idle Ida")
     await customer.recv_until(
         lambda f: f.get("type") == "event" and f.get("kind") == "state" and f.get("to") == "human"
     )
@@ -153,12 +159,7 @@ async def test_one_queue_frame_reaches_every_agent_alike_in_either_encoding(
 async def test_typing_reaches_the_other_side_without_internal_fields_and_no_echo(
     server: ServerProcess,
 ) -> None:
-    customer, welcome = await Client.customer(server.ws_url())
-    token = server.add_agent("Typing Tom")
-    agent, _ = await Client.agent(server.ws_url("agent"), token, status="away")
-    conversation_id = welcome["conversation_id"]
-    await customer.request({"type": "request_human"})
-    await agent.request({"type": "claim", "conversation_id": conversation_id})
+    customer, agent, conversation_id = await handed_off(server, "Typing Tom")
     await agent.request({"type": "subscribe", "conversation_id": conversation_id})
 
     await agent.send({"type": "typing", "conversation_id": conversation_id, "on": True})

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,17 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
         yield opened
     finally:
         await opened.close()
+
+
+@contextmanager
+def another_writer(path: str) -> Iterator[sqlite3.Connection]:
+    """A connection holding the write lock, as another node's writer would; COMMIT frees it."""
+    blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        yield blocker
+    finally:
+        blocker.close()
 
 
 async def test_chat_writes_commit_on_the_loop(store: SQLiteStore) -> None:
@@ -59,9 +71,7 @@ async def test_a_write_retries_on_the_loop_while_another_process_briefly_holds_t
 ) -> None:
     await store.add_tenant("t1")
     conversation = await store.create_conversation("t1")
-    blocker = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
-    try:
-        blocker.execute("BEGIN IMMEDIATE")  # as another node's writer would
+    with another_writer(store.path) as blocker:
         inline_before, busy_before = store.inline_batches, store.inline_busy
         write = asyncio.create_task(
             store.append_message(MessageRequest(conversation.id, "m1", CUSTOMER, "hi"))
@@ -73,8 +83,6 @@ async def test_a_write_retries_on_the_loop_while_another_process_briefly_holds_t
         assert store.inline_busy > busy_before and not write.done()
         await asyncio.to_thread(blocker.execute, "COMMIT")
         appended = await write
-    finally:
-        blocker.close()
     assert appended.created and appended.event.seq == 1
     assert store.inline_batches == inline_before + 1  # committed on the loop after all
 
@@ -87,9 +95,7 @@ async def test_a_write_waits_on_the_thread_while_another_process_holds_the_lock(
     monkeypatch.setattr(sqlite_module, "INLINE_BUSY_WAIT_S", 0.0)
     await store.add_tenant("t1")
     conversation = await store.create_conversation("t1")
-    blocker = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
-    try:
-        blocker.execute("BEGIN IMMEDIATE")  # as another node's writer would
+    with another_writer(store.path) as blocker:
         inline_before, batches_before = store.inline_batches, store.batches
         write = asyncio.create_task(
             store.append_message(MessageRequest(conversation.id, "m1", CUSTOMER, "hi"))
@@ -108,8 +114,6 @@ async def test_a_write_waits_on_the_thread_while_another_process_holds_the_lock(
         assert released.is_set() and appended.created and appended.event.seq == 1
         assert store.inline_batches == inline_before  # it went to the thread
         assert store.batches == batches_before + 1
-    finally:
-        blocker.close()
     # Free again: the next one commits on the loop.
     again = await store.append_message(MessageRequest(conversation.id, "m2", CUSTOMER, "again"))
     assert again.event.seq == 2 and store.inline_batches == inline_before + 1
