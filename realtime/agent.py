@@ -192,20 +192,24 @@ class AgentConnection(Connection):
         self.send({"type": "_close", "code": CLOSE_POLICY, "reason": "token revoked"})
         return True
 
-    async def outgoing(self, message: Message) -> Message | None:
-        kind = message.get("type")
-        if kind == "assigned":
-            await self._send_now(await super().outgoing(message) or message)
-            conversation_id = message.get("conversation_id")
-            transcript = message.get("context", {}).get("transcript", [])
-            if isinstance(conversation_id, str) and conversation_id not in self.feeds:
-                # Follow the new conversation live from where its transcript ends.
-                last_seq = max((e.get("seq", 0) for e in transcript), default=0)
-                await self.follow(conversation_id, last_seq)
-            return None
-        if kind == "queue" and "items" not in message:
+    async_kinds = Connection.async_kinds | {"assigned"}
+
+    async def on_async(self, message: Message) -> None:
+        if message.get("type") != "assigned":
+            return
+        frame = super().outgoing(message) or message
+        self._write([self._payload(frame, message)])
+        conversation_id = message.get("conversation_id")
+        transcript = message.get("context", {}).get("transcript", [])
+        if isinstance(conversation_id, str) and conversation_id not in self.feeds:
+            # Follow the new conversation live from where its transcript ends.
+            last_seq = max((e.get("seq", 0) for e in transcript), default=0)
+            await self.follow(conversation_id, last_seq)
+
+    def outgoing(self, message: Message) -> Message | None:
+        if message.get("type") == "queue" and "items" not in message:
             return None  # per-customer position frames are not for agents
-        return await super().outgoing(message)
+        return super().outgoing(message)
 
     async def on_close(self) -> None:
         if self._refresh_task is not None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketState
 
-from realtime import protocol
+from realtime import protocol, wire
 from realtime.delivery import DELIVER, DROP, Resequencer
 from warmline import logs
 from warmline.bus.base import Message, Subscriber, SubscriberOverflow
@@ -31,6 +31,7 @@ from warmline.limits import admit_websocket, require_utf8
 from warmline.store.ids import new_id
 
 if TYPE_CHECKING:
+    from realtime.wire import FrameSink
     from warmline.runtime import Runtime
 
 log = logging.getLogger("warmline.realtime")
@@ -117,11 +118,16 @@ class Connection:
     role = "base"
     schema: dict[str, dict[str, protocol.Field]] = {}
     tenant: str | None = None  # known once authenticated (customers: at hello)
+    # Queued messages the writer task handles (they wait on the store or the socket); every
+    # other frame is written straight from the inbox.
+    async_kinds: frozenset[str] = frozenset({"_close", "_fill", "_resync"})
 
     def __init__(self, websocket: WebSocket, runtime: Runtime) -> None:
         self.ws = websocket
         self.runtime = runtime
         self.config = runtime.config
+        # Looked up once: asyncio.get_running_loop() is a getpid() system call on 3.11.
+        self._loop = asyncio.get_running_loop()
         self.id = new_id("ws")
         self.inbox: Subscriber = _Inbox(
             self.config.send_queue_frames, self._overflowed, self._wake_writer
@@ -133,6 +139,8 @@ class Connection:
         self._closed: asyncio.Event | None = None  # made on first wait: most never need one
         self._finished = False
         self._writer_task: asyncio.Task[None] | None = None
+        self._flush_handle: asyncio.Handle | None = None
+        self._sink: FrameSink | None = None  # known once the handshake is accepted
         # The writer runs in this connection's logging context, whoever's push starts it.
         # None until the handshake is accepted: nothing may be written before.
         self._writer_context: contextvars.Context | None = None
@@ -158,6 +166,8 @@ class Connection:
             return
         logs.bind(connection_id=self.id)
         await self.ws.accept(subprotocol=subprotocol)
+        framed = (self.ws.scope.get("extensions") or {}).get(wire.EXTENSION)
+        self._sink = framed["sink"] if framed else wire.AsgiFrameSink(self.ws.send)
         self._writer_context = contextvars.copy_context()
         self._wake_writer()  # anything queued before the handshake
         self.runtime.connections.add(self)
@@ -174,6 +184,10 @@ class Connection:
 
     async def _teardown(self) -> None:
         self.inbox.close()
+        if self._flush_handle is not None:
+            # What is queued (a close frame, say) goes out now rather than never.
+            self._flush_handle.cancel()
+            self._flush()
         writer = self._writer_task
         if writer is not None:
             # What is queued (a close frame, say) gets a second to be written.
@@ -193,6 +207,8 @@ class Connection:
         self.runtime.forget_limits(self.id)
         if self.ws.application_state == WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
+                if self._sink is not None:
+                    await self._sink.drain()
                 await self.ws.close(code=CLOSE_NORMAL)
         self._finished = True
         if self._closed is not None:
@@ -209,7 +225,7 @@ class Connection:
         if stuck is not None:
             stuck.cancel()
         # It takes the writer's place, so the teardown awaits it like the writer.
-        self._writer_task = asyncio.get_running_loop().create_task(
+        self._writer_task = self._loop.create_task(
             self._force_close(CLOSE_TRY_LATER, "slow consumer", stuck),
             name=f"close:{self.id}",
             context=self._writer_context,
@@ -222,6 +238,8 @@ class Connection:
         if writer is not None:
             await asyncio.wait((writer,))  # cancelled just now: let it finish first
         with contextlib.suppress(Exception):
+            if self._sink is not None:
+                await self._sink.discard()
             await self.ws.close(code=code, reason=reason)
 
     def begin_drain(self, after_ms: int) -> None:
@@ -234,16 +252,87 @@ class Connection:
         self.inbox.push(frame)
 
     def _wake_writer(self) -> None:
-        """After every push: start the writer unless it is running (it drains the inbox, then
-        ends, so an idle connection holds no writer task)."""
+        """After every push: write what is queued on the next turn of the loop, so frames
+        queued together (an ack and its echo) leave in one socket write. While a writer task
+        owns the inbox (a replay, a close, a full socket buffer), it picks them up itself."""
+        if self._flush_handle is not None or self._closing or not len(self.inbox):
+            return
         writer = self._writer_task
-        if (writer is None or writer.done()) and len(self.inbox) and not self._closing:
-            context = self._writer_context
-            if context is None:
-                return  # not accepted yet: run() wakes it then
-            self._writer_task = asyncio.get_running_loop().create_task(
-                self._writer(), name=f"writer:{self.id}", context=context
-            )
+        if writer is not None and not writer.done():
+            return
+        context = self._writer_context
+        if context is None:
+            return  # not accepted yet: run() wakes it then
+        self._flush_handle = self._loop.call_soon(self._flush, context=context)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        sink = self._sink
+        writer = self._writer_task
+        if sink is None or self._closing or (writer is not None and not writer.done()):
+            return
+        if sink.paused():
+            self._start_writer(None)  # it waits for the socket to drain
+            return
+        payloads: list[str | bytes] = []
+        try:
+            pending = self._take_ready(payloads)
+        except SubscriberOverflow:
+            return  # _overflowed is closing the connection
+        self._write(payloads)
+        if pending is not None:
+            self._start_writer(pending)
+
+    def _start_writer(self, pending: Message | None) -> None:
+        self._writer_task = self._loop.create_task(
+            self._writer(pending), name=f"writer:{self.id}", context=self._writer_context
+        )
+
+    def _take_ready(self, payloads: list[str | bytes]) -> Message | None:
+        """Encode every queued frame that needs no waiting into `payloads`, in order; return
+        the first message that needs the writer task (see `_handle_async`), or None once the
+        inbox is empty."""
+        inbox = self.inbox
+        binary = self.binary
+        async_kinds = self.async_kinds
+        while True:
+            message = inbox.take_nowait()
+            if message is None:
+                return None
+            kind = message.get("type")
+            if kind == "event":
+                conversation_id = message.get("conversation_id")
+                feed = self.feeds.get(conversation_id) if isinstance(conversation_id, str) else None
+                if feed is None:
+                    continue
+                seq = int(message["seq"])
+                action = feed.offer(seq)
+                if action == DROP:
+                    continue
+                if action != DELIVER:  # the store has everything up to this seq
+                    return {"type": "_fill", "conversation_id": conversation_id}
+                payloads.append(ENCODED.encode(message, binary))
+                feed.delivered(seq)
+                self.runtime.metrics_delivered(message)
+            elif kind in async_kinds:
+                return message
+            else:
+                outgoing = self.outgoing(message)
+                if outgoing is not None:
+                    payloads.append(self._payload(outgoing, message))
+
+    def _payload(self, frame: Message, message: Message) -> str | bytes:
+        """`frame` encoded: once for every connection when it is the bus `message` itself,
+        which never changes after publishing; for this connection alone otherwise."""
+        if frame is message:
+            return ENCODED.encode(message, self.binary)
+        return protocol.encode(frame, self.binary)
+
+    def _write(self, payloads: list[str | bytes]) -> None:
+        """Write now, in one socket write; a connection already gone drops them (its reader
+        sees the disconnect and tears down)."""
+        if payloads and self._sink is not None and self._sink.write_frames(payloads):
+            self.runtime.metrics_frame_out(self.role, len(payloads))
 
     def reply_error(self, error: WarmlineError, ref: str | None) -> None:
         extra: dict[str, Any] = {}
@@ -253,46 +342,24 @@ class Connection:
         self.send(protocol.error_frame(error.code, error.message, ref, **extra))
         self.runtime.metrics_error(error.code)
 
-    async def _send_now(self, frame: Message, shared: bool = True) -> None:
-        """Write one frame. `shared`: it may go to other connections too (a bus message),
-        so its encoding is cached for them; a frame made for this connection alone is not."""
-        if shared:
-            payload = ENCODED.encode(frame, self.binary)
-        else:
-            payload = protocol.encode(frame, self.binary)
-        if isinstance(payload, bytes):
-            await self.ws.send_bytes(payload)
-        else:
-            await self.ws.send_text(payload)
-        self.runtime.metrics_frame_out(self.role)
-
-    async def _writer(self) -> None:
+    async def _writer(self, pending: Message | None) -> None:
+        """The inbox's owner while something needs waiting for: replays from the store, a
+        close, a full socket buffer. Ends once the inbox is empty again."""
+        sink = self._sink
+        assert sink is not None
         try:
-            while len(self.inbox):
-                try:
-                    message = await self.inbox.get()
-                except SubscriberOverflow:
-                    await self._force_close(CLOSE_TRY_LATER, "slow consumer")
+            while True:
+                if pending is not None and not await self._handle_async(pending):
                     return
-                except EOFError:
+                if sink.paused():
+                    await sink.wait_writable()
+                payloads: list[str | bytes] = []
+                pending = self._take_ready(payloads)
+                self._write(payloads)
+                if pending is None:
                     return
-                kind = message.get("type")
-                if kind == "_close":
-                    self._closing = True
-                    await self.ws.close(code=message["code"], reason=message.get("reason", ""))
-                    return
-                if kind == "_fill":
-                    await self._fill(message["conversation_id"])
-                elif kind == "_resync":
-                    await self.on_resync()
-                    for conversation_id in list(self.feeds):
-                        await self._fill(conversation_id)
-                elif kind == "event":
-                    await self._deliver_event(message)
-                else:
-                    outgoing = await self.outgoing(message)
-                    if outgoing is not None:
-                        await self._send_now(outgoing, shared=outgoing is message)
+        except SubscriberOverflow:
+            await self._force_close(CLOSE_TRY_LATER, "slow consumer")
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the socket went away under us
@@ -303,40 +370,48 @@ class Connection:
             if self._writer_task is asyncio.current_task():
                 self._writer_task = None
 
-    async def _deliver_event(self, frame: Message) -> None:
-        conversation_id = frame.get("conversation_id")
-        if not isinstance(conversation_id, str):
-            return
-        feed = self.feeds.get(conversation_id)
-        if feed is None:
-            return
-        action = feed.offer(int(frame["seq"]))
-        if action == DROP:
-            return
-        if action == DELIVER:
-            await self._send_now(frame)
-            feed.delivered(int(frame["seq"]))
-            self.runtime.metrics_delivered(frame)
-            return
-        await self._fill(conversation_id)  # the store has everything up to this seq
+    async def _handle_async(self, message: Message) -> bool:
+        """A message that needs waiting for; False once the connection is closing."""
+        kind = message.get("type")
+        if kind == "_close":
+            self._closing = True
+            assert self._sink is not None
+            await self._sink.drain()
+            await self.ws.close(code=message["code"], reason=message.get("reason", ""))
+            return False
+        if kind == "_fill":
+            await self._fill(message["conversation_id"])
+        elif kind == "_resync":
+            await self.on_resync()
+            for conversation_id in list(self.feeds):
+                await self._fill(conversation_id)
+        else:
+            await self.on_async(message)
+        return True
 
     async def _fill(self, conversation_id: str) -> None:
         feed = self.feeds.get(conversation_id)
         if feed is None:
             return
+        sink = self._sink
+        assert sink is not None
         while True:
             events = await self.runtime.store.events_after(
                 conversation_id, feed.last_seq, limit=REPLAY_PAGE
             )
+            payloads: list[str | bytes] = []
             for event in events:
                 if event.seq <= feed.last_seq:
                     continue
-                await self._send_now(event.to_frame(), shared=False)
+                payloads.append(protocol.encode(event.to_frame(), self.binary))
                 feed.delivered(event.seq)
+            self._write(payloads)
             if len(events) < REPLAY_PAGE:
                 return
+            if sink.paused():
+                await sink.wait_writable()
 
-    async def outgoing(self, message: Message) -> Message | None:
+    def outgoing(self, message: Message) -> Message | None:
         """The frame to send for a non-event bus message, or None to drop it."""
         kind = message.get("type")
         if message.get("_origin") == self.id or (isinstance(kind, str) and kind.startswith("_")):
@@ -344,7 +419,6 @@ class Connection:
         for key in message:
             if key.startswith("_"):
                 return {k: v for k, v in message.items() if not k.startswith("_")}
-        # Never changed after publishing: the very dict every subscriber got, encoded once.
         return message
 
     # Following conversations ---------------------------------------------------------------
@@ -399,7 +473,7 @@ class Connection:
     def _expire(self) -> None:
         """End the read now: the reader gets TimeoutError and closes with 1001."""
         if self._deadline is not None:
-            self._deadline.reschedule(asyncio.get_running_loop().time())
+            self._deadline.reschedule(self._loop.time())
 
     async def _read_frames(self) -> None:
         while True:
@@ -482,6 +556,10 @@ class Connection:
         return None
 
     async def on_close(self) -> None:
+        return None
+
+    async def on_async(self, message: Message) -> None:
+        """A message of one of the role's own `async_kinds`."""
         return None
 
     async def on_resync(self) -> None:

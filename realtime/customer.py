@@ -83,7 +83,7 @@ class CustomerConnection(Connection):
         if position is not None:
             self.send(position)
 
-    async def outgoing(self, message: Message) -> Message | None:
+    def outgoing(self, message: Message) -> Message | None:
         if message.get("type") == "typing" and message.get("role") == "customer":
             return None  # customers only see the other side typing
-        return await super().outgoing(message)
+        return super().outgoing(message)

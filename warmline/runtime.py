@@ -226,8 +226,8 @@ class Runtime:
     def metrics_frame_in(self, role: str) -> None:
         metrics.frames_in(role).inc()
 
-    def metrics_frame_out(self, role: str) -> None:
-        metrics.frames_out(role).inc()
+    def metrics_frame_out(self, role: str, count: int = 1) -> None:
+        metrics.frames_out(role).inc(count)
 
     def metrics_delivered(self, frame: dict[str, Any]) -> None:
         ts = frame.get("ts")

@@ -57,6 +57,13 @@ class Subscriber:
     def __len__(self) -> int:
         return len(self._items)
 
+    def take_nowait(self) -> Message | None:
+        """The next message, or None while there is none; SubscriberOverflow after an
+        overflow."""
+        if self.overflowed:
+            raise SubscriberOverflow
+        return self._items.popleft() if self._items else None
+
     async def get(self) -> Message:
         """Next message; raise SubscriberOverflow after an overflow, EOFError once closed."""
         while True:

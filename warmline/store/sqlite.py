@@ -54,6 +54,8 @@ QueuedWrite = tuple[SyncOp, "asyncio.Future[Any]", bool]  # (op, its caller, may
 MAX_BATCH = 256
 # A batch run on the event loop holds it for its duration: keep it to a few milliseconds.
 MAX_INLINE_BATCH = 64
+# The page cache of the loop's connection, in KiB.
+INLINE_CACHE_KIB = 32 * 1024
 # Inline commits leave the WAL to grow; a PASSIVE checkpoint (off the loop) every this many.
 CHECKPOINT_EVERY_BATCHES = 500
 # When another process holds the write lock: retry on the loop after these pauses (the first
@@ -94,6 +96,8 @@ class SQLiteStore(Store):
 
     # Lifecycle -----------------------------------------------------------------------------
     async def open(self) -> None:
+        # Looked up once: asyncio.get_running_loop() is a getpid() system call on 3.11.
+        self._loop = asyncio.get_running_loop()
         if self.path != ":memory:":
             await asyncio.to_thread(_ensure_parent_directory, self.path)
         self._writer = await self._connect()
@@ -126,6 +130,10 @@ class SQLiteStore(Store):
         db.execute("PRAGMA foreign_keys = ON")
         # A checkpoint writes and fsyncs the database file: never inside a commit on the loop.
         db.execute("PRAGMA wal_autocheckpoint = 0")
+        # Every chat message touches its conversation's pages; with SQLite's default 2 MiB
+        # cache a few hundred busy conversations miss it and every write reads pages back
+        # with pread(). Pages are only allocated as they are used.
+        db.execute(f"PRAGMA cache_size = -{INLINE_CACHE_KIB}")
         return db
 
     @staticmethod
@@ -200,7 +208,7 @@ class SQLiteStore(Store):
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._reader_task is None:
             raise Unavailable("store is closed")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[T] = self._loop.create_future()
         self._read_queue.put_nowait((fn, future))
         return await future
 
@@ -235,7 +243,7 @@ class SQLiteStore(Store):
         """
         if self._writer_task is None:
             raise Unavailable("store is closed")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[T] = self._loop.create_future()
         self._queue.put_nowait((op, future, inline))
         return await future
 
