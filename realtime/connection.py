@@ -1,12 +1,15 @@
-"""The thin asyncio shell around one WebSocket: a reader, a writer, a bounded inbox.
+"""The thin asyncio shell around one WebSocket: a reader, a bounded inbox, and its writes.
 
-Everything sent to the client goes through the inbox and the one writer task, so frames are
-never interleaved and a slow reader is noticed: when the inbox overflows, the connection is
-closed with 1013 (it can resume by seq) instead of buffering without bound.
+Everything sent to the client goes through the inbox, so frames are never interleaved and a
+slow reader is noticed: when the inbox overflows, the connection is closed with 1013 (it can
+resume by seq) instead of buffering without bound. The inbox is written out on the next turn
+of the loop after a push, by a plain callback, every frame queued by then in one socket
+write (`realtime/wire.py`); a writer task takes over only for what has to wait: a replay from
+the store, a close, a socket whose buffer is full.
 
 An idle connection costs memory and nothing else: its only task is the reader (the ASGI
-task uvicorn runs anyway); the writer task exists only while the inbox holds something, and
-heartbeat deadlines are checked by one sweep per node, not by a timeout per frame.
+task uvicorn runs anyway), and heartbeat deadlines are checked by one sweep per node, not by
+a timeout per frame.
 """
 
 from __future__ import annotations
