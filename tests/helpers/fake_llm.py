@@ -50,7 +50,9 @@ def split_tokens(text: str) -> list[str]:
     return re.findall(r"\s*\S+", text) or [text]
 
 
-class _Server(uvicorn.Server):
+class ThreadedServer(uvicorn.Server):
+    """uvicorn in a thread of the test process; `started` is set once it listens."""
+
     def __init__(self, config: uvicorn.Config, started: threading.Event) -> None:
         super().__init__(config)
         self._started_event = started
@@ -69,7 +71,7 @@ class FakeLLM:
         self.host = host
         self.port = 0
         self._sock: socket.socket | None = None
-        self._server: _Server | None = None
+        self._server: ThreadedServer | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._release: asyncio.Event | None = None
@@ -109,7 +111,7 @@ class FakeLLM:
         config = uvicorn.Config(
             app, lifespan="off", log_level="warning", timeout_graceful_shutdown=2
         )
-        self._server = _Server(config, self._started)
+        self._server = ThreadedServer(config, self._started)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [sock]}, name="fake-llm", daemon=True
         )

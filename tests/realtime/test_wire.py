@@ -15,6 +15,7 @@ import uvicorn
 
 from realtime.wire import READ_AHEAD_FRAMES, AsgiFrameSink
 from tests.helpers.client import Client
+from tests.helpers.fake_llm import ThreadedServer
 from tests.helpers.server import ServerProcess
 from warmline.app import create_app
 from warmline.config import Config
@@ -79,16 +80,6 @@ async def test_a_burst_beyond_the_read_ahead_is_answered_in_order(
     await customer.close()
 
 
-class _ThreadedServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, started: threading.Event) -> None:
-        super().__init__(config)
-        self._started_event = started
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        self._started_event.set()
-
-
 @pytest.fixture
 def plain_uvicorn(tmp_path: Path) -> Iterator[str]:
     """Warmline under uvicorn's stock WebSocket protocol: no frame extension."""
@@ -97,7 +88,7 @@ def plain_uvicorn(tmp_path: Path) -> Iterator[str]:
     port = sock.getsockname()[1]
     app = create_app(Config(db=str(tmp_path / "plain.db"), demo=True, port=port))
     started = threading.Event()
-    server = _ThreadedServer(
+    server = ThreadedServer(
         uvicorn.Config(app, ws="websockets-sansio", log_level="warning", lifespan="on"), started
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
