@@ -140,3 +140,44 @@ async def test_inline_commits_are_checkpointed_off_the_loop(
     finally:
         fresh.close()
     assert count == 12
+
+
+def _wal_frames(path: str) -> int:
+    """Frames in the WAL now (a fresh connection's PASSIVE checkpoint reports them)."""
+    fresh = sqlite3.connect(path)
+    try:
+        _, frames, _ = fresh.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    finally:
+        fresh.close()
+    return int(frames)
+
+
+async def test_the_wal_starts_over_under_steady_writes(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint running beside new commits never finds the WAL all copied, and SQLite
+    only starts a WAL over when it is: without the write loop finishing the copy between two
+    batches, the file grew for as long as the writes went on."""
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_EVERY_WRITES", 40)
+    await store.add_tenant("t1")
+    conversations = [await store.create_conversation("t1") for _ in range(10)]
+    for round_ in range(40):
+        # Ten writers at once, as busy connections are: batches of several writes.
+        await asyncio.gather(
+            *(
+                store.append_message(MessageRequest(c.id, f"m{round_}", CUSTOMER, "hello"))
+                for c in conversations
+            )
+        )
+    assert store.checkpoints >= 2 and store.complete_checkpoints >= 1
+    # The 400 appends wrote about 700 frames, all of them still in the WAL before the fix.
+    # One more cycle, in a known order: the copy beside the writes, a write (after which the
+    # loop finishes the copy), then a write that starts the WAL over.
+    if store._checkpoint_task is not None:
+        await store._checkpoint_task
+    await store._checkpoint()
+    complete_before = store.complete_checkpoints
+    for text in ("after the copy", "starts the WAL over"):
+        await store.append_message(MessageRequest(conversations[0].id, text, CUSTOMER, text))
+    assert store.complete_checkpoints == complete_before + 1
+    assert _wal_frames(store.path) < 20
