@@ -13,6 +13,9 @@ edits the server: nothing here is imported unless a benchmark passes
     WL_EXP_CPROFILE=FILE       cProfile the event loop thread (CPU time with WL_EXP_CPU=1);
                                written when the node stops
     WL_EXP_TRACEMALLOC=PREFIX  tracemalloc; each SIGUSR1 dumps a snapshot to PREFIX.<n>
+    WL_EXP_STALLS=FILE         a watchdog thread logs every event-loop stall over 20 ms (with
+                               the loop thread's stack, sampled during the stall) and every
+                               cycle collection over 5 ms to FILE, one JSON line each
 
 Python imports `sitecustomize` at start-up from PYTHONPATH; only the `warmline` server
 process acts on it. Results obtained this way are labelled as experiments in BENCHMARKS.md.
@@ -127,8 +130,8 @@ def _cprofile(path: str) -> None:
     import cProfile
     import time
 
-    profiler = cProfile.Profile(time.thread_time) if os.environ.get("WL_EXP_CPU") else (
-        cProfile.Profile()
+    profiler = (
+        cProfile.Profile(time.thread_time) if os.environ.get("WL_EXP_CPU") else (cProfile.Profile())
     )
     profiler.enable()
     done: list[bool] = []
@@ -165,7 +168,117 @@ def _tracemalloc(prefix: str) -> None:
     signal.signal(signal.SIGUSR1, snapshot)
 
 
+def _stalls(path: str) -> None:
+    import gc
+    import json
+    import threading
+    import time
+    import traceback
+
+    import uvicorn
+
+    out = open(path, "a", buffering=1)  # the watchdog writes to it until the process ends
+    last_tick = [time.monotonic()]
+    main_ident = threading.main_thread().ident
+    gc_started = [0.0]
+    # Per generation: collections, total ms, worst ms (summed into one line every 2 s).
+    gc_totals = {g: [0, 0.0, 0.0] for g in range(3)}
+
+    def write(record: dict[str, Any]) -> None:
+        record["t"] = time.monotonic()
+        out.write(json.dumps(record) + "\n")
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+            return
+        took = time.perf_counter() - gc_started[0]
+        totals = gc_totals[info["generation"]]
+        totals[0] += 1
+        totals[1] += took * 1000
+        totals[2] = max(totals[2], took * 1000)
+        if took > 0.005:
+            write(
+                {
+                    "gc": info["generation"],
+                    "ms": round(took * 1000, 1),
+                    "collected": info["collected"],
+                }
+            )
+
+    gc.callbacks.append(on_gc)
+
+    def tick() -> None:
+        last_tick[0] = time.monotonic()
+
+    def watchdog() -> None:
+        in_stall: list[str] = []
+        started = 0.0
+        next_summary = time.monotonic() + 2.0
+        while True:
+            time.sleep(0.005)
+            if time.monotonic() >= next_summary:
+                next_summary += 2.0
+                store_counts = [(store.batches, store.batched_writes) for store in stores]
+                write(
+                    {
+                        "gc_summary": {
+                            g: [n, round(ms, 1), round(worst, 1)]
+                            for g, (n, ms, worst) in gc_totals.items()
+                        },
+                        "store_batches_writes": store_counts,
+                    }
+                )
+                for totals in gc_totals.values():
+                    totals[:] = [0, 0.0, 0.0]
+            lag = time.monotonic() - last_tick[0]
+            if lag > 0.02:
+                if not in_stall:
+                    started = last_tick[0]
+                if len(in_stall) < 8:
+                    frame = sys._current_frames().get(main_ident)  # type: ignore[arg-type]
+                    stack = "".join(traceback.format_stack(frame, limit=12)) if frame else ""
+                    in_stall.append(f"+{(time.monotonic() - started) * 1000:.0f}ms\n{stack}")
+            elif in_stall:
+                write(
+                    {"stall_ms": round((last_tick[0] - started) * 1000, 1), "samples": in_stall[:]}
+                )
+                in_stall.clear()
+
+    from warmline.store import sqlite as sqlite_store
+
+    stores: list[Any] = []
+    original_open = sqlite_store.SQLiteStore.open
+
+    async def open_store(self: Any) -> None:
+        stores.append(self)
+        await original_open(self)
+
+    sqlite_store.SQLiteStore.open = open_store  # type: ignore[method-assign]
+    original_startup = uvicorn.Server.startup
+
+    async def startup(self: Any, sockets: Any = None) -> None:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+
+        def ticker() -> None:
+            tick()
+            loop.call_later(0.002, ticker)
+
+        loop.call_soon(ticker)
+        if os.environ.get("WL_EXP_GC"):
+            gc.set_threshold(*(int(v) for v in os.environ["WL_EXP_GC"].split(",")))
+        write({"gc_threshold": gc.get_threshold()})
+        threading.Thread(target=watchdog, daemon=True, name="stall-watchdog").start()
+        await original_startup(self, sockets)
+
+    uvicorn.Server.startup = startup  # type: ignore[method-assign]
+
+
 if ACTIVE:
+    if os.environ.get("WL_EXP_STALLS"):
+        _stalls(os.environ["WL_EXP_STALLS"])
     if os.environ.get("WL_EXP_SWITCH_INTERVAL"):
         sys.setswitchinterval(float(os.environ["WL_EXP_SWITCH_INTERVAL"]))
     if os.environ.get("WL_EXP_CPROFILE"):
