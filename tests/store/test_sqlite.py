@@ -122,7 +122,7 @@ async def test_a_write_waits_on_the_thread_while_another_process_holds_the_lock(
 async def test_inline_commits_are_checkpointed_off_the_loop(
     store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_module, "CHECKPOINT_EVERY_BATCHES", 5)
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_EVERY_WRITES", 5)
     await store.add_tenant("t1")
     conversation = await store.create_conversation("t1")
     for i in range(12):
