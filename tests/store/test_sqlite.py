@@ -181,3 +181,52 @@ async def test_the_wal_starts_over_under_steady_writes(
         await store.append_message(MessageRequest(conversations[0].id, text, CUSTOMER, text))
     assert store.complete_checkpoints == complete_before + 1
     assert _wal_frames(store.path) < 20
+
+
+async def test_the_wal_starts_over_with_another_node_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two nodes on one file: holding back this node's writes is not enough while the other
+    node keeps committing; the last pass holds every writer back."""
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_EVERY_WRITES", 10**9)  # only the cycle below
+    path = str(tmp_path / "shared.db")
+    here, other = SQLiteStore(path), SQLiteStore(path)
+    await here.open()
+    await other.open()
+    try:
+        await here.add_tenant("t1")
+        mine = await here.create_conversation("t1")
+        theirs = await other.create_conversation("t1")
+        stop = asyncio.Event()
+
+        async def other_node_writes() -> int:
+            count = 0
+            while not stop.is_set():
+                text = f"from the other node {count}"
+                await other.append_message(MessageRequest(theirs.id, text, CUSTOMER, text))
+                count += 1
+            return count
+
+        writing = asyncio.create_task(other_node_writes())
+        for i in range(200):
+            await here.append_message(MessageRequest(mine.id, f"m{i}", CUSTOMER, "hello"))
+        # The last pass may lose the race for the lock to the other node's commits for its
+        # whole wait (then the next checkpoint tries again): a few cycles at most.
+        for attempt in range(5):
+            complete_before = here.complete_checkpoints
+            await here._checkpoint()
+            for text in ("after the copy", "starts the WAL over"):
+                await here.append_message(
+                    MessageRequest(mine.id, f"{text} {attempt}", CUSTOMER, text)
+                )
+            if here.complete_checkpoints > complete_before:
+                break
+        stop.set()
+        written_by_other = await writing
+        assert written_by_other > 100  # it really wrote throughout
+        assert here.complete_checkpoints == 1
+        # Some 400 appends wrote over 1,000 frames; the WAL started over near the end.
+        assert _wal_frames(path) < 200
+    finally:
+        await here.close()
+        await other.close()

@@ -67,6 +67,9 @@ WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 # A checkpoint copies in passes beside the commits until a pass had this little to copy.
 SMALL_CHECKPOINT_FRAMES = 512
 MAX_CHECKPOINT_PASSES = 6
+# The last pass holds every writer back (other nodes' too) while it waits for readers and
+# copies; past this it gives up, and the next checkpoint tries again.
+RESTART_WAIT_MS = 200
 # When another process holds the write lock: retry on the loop after these pauses (the first
 # ones are just the next turns of the loop), then leave the batch to the writer thread.
 INLINE_BUSY_WAIT_S = 0.5
@@ -340,7 +343,7 @@ class SQLiteStore(Store):
         # to the few frames of a pass's two fsyncs; stop there.
         wal_frames_before = -1
         for _ in range(MAX_CHECKPOINT_PASSES):
-            result = await self._passive_checkpoint()
+            result = await self._run_checkpoint("PASSIVE")
             if result is None:
                 break
             _, wal_frames, _ = result
@@ -354,27 +357,44 @@ class SQLiteStore(Store):
         self._catch_up_due = True
 
     async def _finish_checkpoint(self) -> None:
-        """Copy what was committed during the last pass, with writes held back.
+        """Copy what was committed during the last pass, with writes held back, and have the
+        next commit start the WAL over (cutting its file back to WAL_SIZE_LIMIT_BYTES).
 
-        Only a few milliseconds of commits are left to copy; writes queue meanwhile (about
-        10 ms, mostly the checkpoint's two fsyncs) and go out in the next group commit, whose
-        first write then starts the WAL over (and cuts its file back to WAL_SIZE_LIMIT_BYTES).
+        RESTART holds the write lock while it copies, so other nodes on the same file wait
+        too: holding back only this node's writes left them writing, and the WAL of two
+        nodes still grew to ~1 GB in three minutes. Only a few milliseconds of commits are
+        left to copy; writes wait about 10 ms, mostly the checkpoint's two fsyncs, and go
+        out in the next group commit.
         """
-        result = await self._passive_checkpoint()
+        result = await self._run_checkpoint("RESTART", wait_ms=RESTART_WAIT_MS)
         if result is not None:
             busy, wal_frames, copied = result
             self.complete_checkpoints += not busy and wal_frames == copied
 
-    async def _passive_checkpoint(self) -> tuple[int, int, int] | None:
-        """(busy, frames in the WAL, frames copied), or None when SQLite refused."""
+    async def _run_checkpoint(
+        self, mode: str, wait_ms: int | None = None
+    ) -> tuple[int, int, int] | None:
+        """(busy, frames in the WAL, frames copied), or None when SQLite refused.
+
+        `wait_ms` caps how long it may wait for other connections (instead of the
+        connection's busy timeout): RESTART holds every writer back while it waits.
+        """
         writer = self._writer_for_loop()
         raw = self._raw(writer)
+
+        def checkpoint() -> Any:
+            if wait_ms is None:
+                return raw.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            raw.execute(f"PRAGMA busy_timeout = {wait_ms}")
+            try:
+                return raw.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            finally:
+                raw.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+
         try:
-            result = await _run_in_connection_thread(
-                writer, lambda: raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            )
+            result = await _run_in_connection_thread(writer, checkpoint)
         except sqlite3.Error:
-            return None  # PASSIVE gives way to readers and writers; the next one catches up
+            return None  # it gives way to readers and writers; the next one catches up
         self.checkpoints += 1
         busy, wal_frames, copied = result
         return int(busy), int(wal_frames), int(copied)
