@@ -93,7 +93,8 @@ class AgentConnection(Connection):
 
     async def _hello(self, frame: Message, ref: str | None) -> None:
         agent = await self._authenticate(frame)
-        status, capacity = self.status, self.capacity
+        previous = self.status, self.capacity
+        status, capacity = previous
         if isinstance(frame.get("status"), str) and frame["status"] in (
             "online",
             "away",
@@ -116,6 +117,7 @@ class AgentConnection(Connection):
         except BaseException:
             self.agent = None
             self.tenant = None
+            self.status, self.capacity = previous
             for channel in list(self.channels):
                 with contextlib.suppress(Exception):
                     await self.unsubscribe_channel(channel)
