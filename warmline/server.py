@@ -17,7 +17,9 @@ log = logging.getLogger("warmline.server")
 
 # Every chat message allocates frames, futures and handles that die young. At CPython's
 # default thresholds (700, 10, 10) the cycle collector took ~14 % of the loop's time at
-# 2,500 msgs/s; these run it ~15 times less often, each collection still young and small.
+# 2,500 msgs/s; with these it does not run at all in steady chat (what a message allocates
+# is freed before 10,000 pile up). It runs while many connections are being set up, and
+# then a generation-1 pass can take 50-70 ms (bench/experiments, WL_EXP_STALLS).
 GC_THRESHOLDS = (10_000, 20, 20)
 
 
