@@ -100,3 +100,18 @@ async def test_idle_inline() -> None:
     )
     assert result["connected"] == 10
     assert result["closed_during_hold"] == {}
+
+
+def test_the_sqlite_layout_benchmark_compares_both_layouts() -> None:
+    out = subprocess.run(
+        [
+            *(sys.executable, str(ROOT / "bench" / "sqlite_layout.py"), "--rounds", "1"),
+            *("--conversations", "50", "--messages", "400"),
+        ],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if " KiB) |" in line}
+    assert set(rows) == {"v1 (WITHOUT ROWID, 4 KiB)", "current (rowid, 2 KiB)"}, out
+    wal = {name: float(line.split("|")[3]) for name, line in rows.items()}
+    # Half-size pages at least: every message writes whole pages to the WAL.
+    assert wal["current (rowid, 2 KiB)"] < 0.7 * wal["v1 (WITHOUT ROWID, 4 KiB)"], out

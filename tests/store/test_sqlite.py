@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from warmline.models import Chunk, Document
+from warmline.store import migrations
 from warmline.store import sqlite as sqlite_module
 from warmline.store.base import MessageRequest
 from warmline.store.sqlite import SQLiteStore
@@ -230,3 +231,61 @@ async def test_the_wal_starts_over_with_another_node_writing(
     finally:
         await here.close()
         await other.close()
+
+
+async def test_a_version_1_database_keeps_its_events_when_they_move_to_a_rowid_table(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "old.db")
+    store = SQLiteStore(path)
+    await store.open()
+    await store.add_tenant("t1")
+    conversation = await store.create_conversation("t1")
+    for i in range(3):
+        await store.append_message(MessageRequest(conversation.id, f"m{i}", CUSTOMER, f"hi {i}"))
+    stored = await store.events_after(conversation.id, 0)
+    await store.close()
+    # Put the file back the way version 1 left it: events keyed (conversation, seq) inline.
+    db = sqlite3.connect(path, isolation_level=None)
+    v1_events = next(s for s in migrations.MIGRATIONS[0][1] if "TABLE events" in s)
+    db.execute("CREATE TABLE events_v1 " + v1_events.split("TABLE events", 1)[1])
+    db.execute(
+        "INSERT INTO events_v1 SELECT conversation_id, seq, ts, kind, client_key, data FROM events"
+    )
+    db.execute("DROP TABLE events")
+    db.execute("ALTER TABLE events_v1 RENAME TO events")
+    db.execute("DELETE FROM schema_migrations WHERE version > 1")
+    db.close()
+
+    reopened = SQLiteStore(path)
+    await reopened.open()
+    try:
+        assert await reopened.schema_version() == migrations.MIGRATIONS[-1][0]
+        assert await reopened.events_after(conversation.id, 0) == stored
+        # Idempotency keys came along: a resent message is found, not stored twice.
+        resent = await reopened.append_message(
+            MessageRequest(conversation.id, "m1", CUSTOMER, "hi 1")
+        )
+        assert not resent.created and resent.event == stored[1]
+        fresh = await reopened.append_message(MessageRequest(conversation.id, "m3", CUSTOMER, "3"))
+        assert fresh.created and fresh.event.seq == 4
+    finally:
+        await reopened.close()
+    db = sqlite3.connect(path)
+    try:
+        with pytest.raises(sqlite3.IntegrityError):  # one event per (conversation, seq)
+            db.execute(
+                "INSERT INTO events (conversation_id, seq, ts, kind, data) "
+                "VALUES (?, 4, 0, 'x', '{}')",
+                (conversation.id,),
+            )
+    finally:
+        db.close()
+
+
+async def test_a_new_database_uses_small_pages(store: SQLiteStore) -> None:
+    db = sqlite3.connect(store.path)
+    try:
+        assert db.execute("PRAGMA page_size").fetchone()[0] == sqlite_module.PAGE_SIZE
+    finally:
+        db.close()

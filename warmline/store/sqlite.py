@@ -52,6 +52,10 @@ SyncOp = Callable[[sqlite3.Connection], Any]
 QueuedWrite = tuple[SyncOp, "asyncio.Future[Any]", bool]  # (op, its caller, may run inline)
 
 MAX_BATCH = 256
+# Pages of a new database file (an existing one keeps its own). A commit writes every page it
+# touched to the WAL, and a chat message touches about three far apart (its conversation's
+# row, its events' index, its idempotency key): half-size pages halve those bytes.
+PAGE_SIZE = 2048
 # A batch run on the event loop holds it for its duration: keep it to a few milliseconds.
 MAX_INLINE_BATCH = 64
 # The page cache of the loop's connection, in KiB.
@@ -128,6 +132,7 @@ class SQLiteStore(Store):
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None, check_same_thread=False)
         await conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        await conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         await conn.execute("PRAGMA journal_mode = WAL")
         # NORMAL in WAL mode: a commit survives a process crash; only an OS crash may lose
         # the latest transactions, never corrupt the file.
