@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -115,7 +116,7 @@ class AsgiFrameSink:
 
     def __init__(self, send: Any) -> None:
         self._send = send
-        self._outbox: list[str | bytes] = []
+        self._outbox: deque[str | bytes] = deque()
         self._task: asyncio.Task[None] | None = None
         self._failed = False
 
@@ -141,7 +142,7 @@ class AsgiFrameSink:
     async def _drain(self) -> None:
         try:
             while self._outbox:
-                payload = self._outbox.pop(0)
+                payload = self._outbox.popleft()
                 if isinstance(payload, bytes):
                     await self._send({"type": "websocket.send", "bytes": payload})
                 else:
