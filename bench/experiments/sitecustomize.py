@@ -11,8 +11,10 @@ edits the server: nothing here is imported unless a benchmark passes
     WL_EXP_STALLS=FILE         a watchdog thread logs every event-loop stall over 20 ms (with
                                the loop thread's stack, sampled during the stall), every
                                cycle collection over 5 ms, and every 2 s the collections per
-                               generation and the store's group-commit batches, to FILE, one
-                               JSON line each; WL_EXP_GC=T0,T1,T2 sets the collector's
+                               generation and the store's counters (batches, writes, inline
+                               batches that met the lock taken, checkpoints), to FILE, one
+                               JSON line each with the node's pid (nodes may share FILE);
+                               WL_EXP_GC=T0,T1,T2 sets the collector's
                                thresholds after the server's own
 
 Python imports `sitecustomize` at start-up from PYTHONPATH; only the `warmline` server
@@ -114,6 +116,7 @@ def _stalls(path: str) -> None:
 
     def write(record: dict[str, Any]) -> None:
         record["t"] = time.monotonic()
+        record["pid"] = os.getpid()
         out.write(json.dumps(record) + "\n")
 
     def on_gc(phase: str, info: dict[str, Any]) -> None:
@@ -147,14 +150,17 @@ def _stalls(path: str) -> None:
             time.sleep(0.005)
             if time.monotonic() >= next_summary:
                 next_summary += 2.0
-                store_counts = [(store.batches, store.batched_writes) for store in stores]
+                store_counts = [
+                    (store.batches, store.batched_writes, store.inline_busy, store.checkpoints)
+                    for store in stores
+                ]
                 write(
                     {
                         "gc_summary": {
                             g: [n, round(ms, 1), round(worst, 1)]
                             for g, (n, ms, worst) in gc_totals.items()
                         },
-                        "store_batches_writes": store_counts,
+                        "store_batches_writes_busy_checkpoints": store_counts,
                     }
                 )
                 for totals in gc_totals.values():
