@@ -171,7 +171,7 @@ async def test_the_wal_starts_over_under_steady_writes(
             )
         )
     assert store.checkpoints >= 2 and store.complete_checkpoints >= 1
-    # The 400 appends wrote about 700 frames, all of them still in the WAL before the fix.
+    # The 400 appends wrote about 580 frames, all of them still in the WAL before the fix.
     # One more cycle, in a known order: the copy beside the writes, a write (after which the
     # loop finishes the copy), then a write that starts the WAL over.
     if store._checkpoint_task is not None:
