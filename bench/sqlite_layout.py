@@ -46,16 +46,22 @@ LAYOUTS = {
 
 @contextmanager
 def layout(migration_count: int, page_size: int) -> Iterator[None]:
-    saved = (migrations_module.MIGRATIONS, sqlite_module.MIGRATIONS, sqlite_module.PAGE_SIZE)
-    sqlite_module.MIGRATIONS = saved[0][:migration_count]
+    saved = (
+        sqlite_module.MIGRATIONS,
+        sqlite_module.PAGE_SIZE,
+        sqlite_module.CHECKPOINT_EVERY_WRITES,
+    )
+    sqlite_module.MIGRATIONS = migrations_module.MIGRATIONS[:migration_count]
     sqlite_module.PAGE_SIZE = page_size
-    saved_interval = sqlite_module.CHECKPOINT_EVERY_WRITES
     sqlite_module.CHECKPOINT_EVERY_WRITES = 10**12
     try:
         yield
     finally:
-        _, sqlite_module.MIGRATIONS, sqlite_module.PAGE_SIZE = saved
-        sqlite_module.CHECKPOINT_EVERY_WRITES = saved_interval
+        (
+            sqlite_module.MIGRATIONS,
+            sqlite_module.PAGE_SIZE,
+            sqlite_module.CHECKPOINT_EVERY_WRITES,
+        ) = saved
 
 
 def wal_size_then_checkpoint(db: sqlite3.Connection, path: str) -> tuple[int, float]:
