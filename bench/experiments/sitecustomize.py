@@ -8,6 +8,8 @@ edits the server: nothing here is imported unless a benchmark passes
     WL_EXP_CPROFILE=FILE       cProfile the event loop thread (CPU time with WL_EXP_CPU=1);
                                written when the node stops
     WL_EXP_TRACEMALLOC=PREFIX  tracemalloc; each SIGUSR1 dumps a snapshot to PREFIX.<n>
+    WL_EXP_CHECKPOINT_EVERY=N  checkpoint the SQLite WAL every N inline writes instead of the
+                               store's CHECKPOINT_EVERY_WRITES
     WL_EXP_STALLS=FILE         a watchdog thread logs every event-loop stall over 20 ms (with
                                the loop thread's stack, sampled during the stall), every
                                cycle collection over 5 ms, and every 2 s the collections per
@@ -223,3 +225,7 @@ if ACTIVE:
         _no_metrics()
     if os.environ.get("WL_EXP_INLINE_READS"):
         _inline_reads()
+    if os.environ.get("WL_EXP_CHECKPOINT_EVERY"):
+        from warmline.store import sqlite as _sqlite_store
+
+        _sqlite_store.CHECKPOINT_EVERY_WRITES = int(os.environ["WL_EXP_CHECKPOINT_EVERY"])

@@ -184,6 +184,62 @@ async def test_the_wal_starts_over_under_steady_writes(
     assert _wal_frames(store.path) < 20
 
 
+async def test_the_files_are_flushed_before_writes_are_held_back(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite fsyncs the database file only in a pass that copies the whole WAL: the last
+    one, with writes held back. Flushed beside the commits first, the pages the earlier passes
+    copied no longer lengthen that hold (11-15 ms at 2,500 msgs/s without, 3-5 ms with)."""
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_EVERY_WRITES", 10**9)  # only the cycle below
+    steps: list[str] = []
+    real_fsync = sqlite_module._fsync_path
+
+    def fsync(path: str) -> None:
+        steps.append("fsync " + ("wal" if path.endswith("-wal") else "db"))
+        real_fsync(path)
+
+    real_run_checkpoint = store._run_checkpoint
+
+    async def run_checkpoint(mode: str, wait_ms: int | None = None) -> tuple[int, int, int] | None:
+        steps.append(mode)
+        return await real_run_checkpoint(mode, wait_ms)
+
+    monkeypatch.setattr(sqlite_module, "_fsync_path", fsync)
+    monkeypatch.setattr(store, "_run_checkpoint", run_checkpoint)
+    await store.add_tenant("t1")
+    conversation = await store.create_conversation("t1")
+    for i in range(20):
+        await store.append_message(MessageRequest(conversation.id, f"m{i}", CUSTOMER, "hi"))
+    await store._checkpoint()
+    for text in ("after the copy", "starts the WAL over"):
+        await store.append_message(MessageRequest(conversation.id, text, CUSTOMER, text))
+    assert steps[-3:] == ["fsync db", "fsync wal", "RESTART"]
+    assert set(steps[:-3]) == {"PASSIVE"}
+    assert store.complete_checkpoints == 1
+
+
+async def test_a_checkpoint_goes_on_when_the_files_cannot_be_flushed_first(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_EVERY_WRITES", 10**9)
+
+    def fsync(path: str) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(sqlite_module, "_fsync_path", fsync)
+    await store.add_tenant("t1")
+    conversation = await store.create_conversation("t1")
+    for i in range(5):
+        await store.append_message(MessageRequest(conversation.id, f"m{i}", CUSTOMER, "hi"))
+    with caplog.at_level("WARNING", logger="warmline.store.sqlite"):
+        await store._checkpoint()
+        for text in ("after the copy", "starts the WAL over"):
+            await store.append_message(MessageRequest(conversation.id, text, CUSTOMER, text))
+    assert "could not flush" in caplog.text
+    assert store.complete_checkpoints == 1
+    assert _wal_frames(store.path) < 20
+
+
 async def test_the_wal_starts_over_with_another_node_writing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
