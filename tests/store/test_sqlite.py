@@ -4,7 +4,9 @@ on the writer thread, and the loop never waits for the lock nor runs a checkpoin
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -192,11 +194,13 @@ async def test_the_files_are_flushed_before_writes_are_held_back(
     copied no longer lengthen that hold (11-15 ms at 2,500 msgs/s without, 3-5 ms with)."""
     monkeypatch.setattr(sqlite_module, "CHECKPOINT_EVERY_WRITES", 10**9)  # only the cycle below
     steps: list[str] = []
-    real_fsync = sqlite_module._fsync_path
+    real_fsync = sqlite_module.fsync_held_file
 
-    def fsync(path: str) -> None:
+    def fsync(path: str, hint: int | None) -> int | None:
+        fd = real_fsync(path, hint)
+        assert fd is not None  # SQLite holds both files open
         steps.append("fsync " + ("wal" if path.endswith("-wal") else "db"))
-        real_fsync(path)
+        return fd
 
     real_run_checkpoint = store._run_checkpoint
 
@@ -204,7 +208,7 @@ async def test_the_files_are_flushed_before_writes_are_held_back(
         steps.append(mode)
         return await real_run_checkpoint(mode, wait_ms)
 
-    monkeypatch.setattr(sqlite_module, "_fsync_path", fsync)
+    monkeypatch.setattr(sqlite_module, "fsync_held_file", fsync)
     monkeypatch.setattr(store, "_run_checkpoint", run_checkpoint)
     await store.add_tenant("t1")
     conversation = await store.create_conversation("t1")
@@ -218,15 +222,65 @@ async def test_the_files_are_flushed_before_writes_are_held_back(
     assert store.complete_checkpoints == 1
 
 
+async def test_flushing_the_files_keeps_the_locks_other_processes_rely_on(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    """POSIX locks belong to the process: closing any descriptor of the database file drops
+    all of them, SQLite's included. With its shared lock gone, another process closing its
+    last connection believed itself the last user of the file, checkpointed, and deleted the
+    WAL under this one ("database disk image is malformed" in the benchmark)."""
+    await store.add_tenant("t1")
+    conversation = await store.create_conversation("t1")
+    for i in range(20):
+        await store.append_message(MessageRequest(conversation.id, f"m{i}", CUSTOMER, "hi"))
+    await store._sync_files()
+    other_process = (
+        "import sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1])\n"
+        "db.execute('SELECT COUNT(*) FROM events').fetchone()\n"
+        "db.close()\n"
+    )
+    done = await asyncio.create_subprocess_exec(sys.executable, "-c", other_process, store.path)
+    assert await done.wait() == 0
+    assert os.path.exists(store.path + "-wal")  # noqa: ASYNC240 (one stat, in a test)
+    await store.append_message(MessageRequest(conversation.id, "after", CUSTOMER, "after"))
+    fresh = sqlite3.connect(store.path)
+    try:
+        assert fresh.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        count = fresh.execute("SELECT COUNT(*) FROM events WHERE kind = 'message'").fetchone()[0]
+    finally:
+        fresh.close()
+    assert count == 21
+
+
+def test_a_held_file_is_flushed_through_the_descriptor_already_open(tmp_path: Path) -> None:
+    path = str(tmp_path / "held.db")
+    loose = tmp_path / "loose.txt"
+    loose.write_text("nobody holds this one open")
+    assert sqlite_module.fsync_held_file(str(loose), None) is None
+    assert sqlite_module.fsync_held_file(str(tmp_path / "missing.db"), None) is None
+    db = sqlite3.connect(path)
+    try:
+        db.execute("CREATE TABLE t (x)")
+        with open(loose) as unrelated:  # a stale hint: some other file's descriptor
+            fd = sqlite_module.fsync_held_file(path, unrelated.fileno())
+        assert fd is not None
+        held, wanted = os.fstat(fd), os.stat(path)
+        assert (held.st_dev, held.st_ino) == (wanted.st_dev, wanted.st_ino)
+        assert sqlite_module.fsync_held_file(path, fd) == fd
+    finally:
+        db.close()
+
+
 async def test_a_checkpoint_goes_on_when_the_files_cannot_be_flushed_first(
     store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(sqlite_module, "CHECKPOINT_EVERY_WRITES", 10**9)
 
-    def fsync(path: str) -> None:
+    def fsync(path: str, hint: int | None) -> int | None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(sqlite_module, "_fsync_path", fsync)
+    monkeypatch.setattr(sqlite_module, "fsync_held_file", fsync)
     await store.add_tenant("t1")
     conversation = await store.create_conversation("t1")
     for i in range(5):

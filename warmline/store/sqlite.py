@@ -101,6 +101,8 @@ class SQLiteStore(Store):
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._inline_writes_since_checkpoint = 0
         self._catch_up_due = False
+        # Descriptors SQLite holds on the database file and its WAL: see `fsync_held_file`.
+        self._held_descriptors: dict[str, int | None] = {}
         self.inline_batches = 0
         self.inline_busy = 0
         self.checkpoints = 0
@@ -372,10 +374,14 @@ class SQLiteStore(Store):
     async def _sync_files(self) -> None:
         writer = self._writer_for_loop()
         try:
-            await _run_in_connection_thread(writer, lambda: _fsync_paths(self.path))
+            await _run_in_connection_thread(writer, self._fsync_files)
         except OSError as exc:
             # The last pass syncs them anyway, only with writes held back longer.
             log.warning("sqlite: could not flush %s before the checkpoint: %s", self.path, exc)
+
+    def _fsync_files(self) -> None:
+        for path in (self.path, self.path + "-wal"):
+            self._held_descriptors[path] = fsync_held_file(path, self._held_descriptors.get(path))
 
     async def _finish_checkpoint(self) -> None:
         """Copy what was committed during the last pass, with writes held back, and have the
@@ -984,17 +990,44 @@ def _conversation_row(db: sqlite3.Connection, conversation_id: str) -> Conversat
     return _conversation(row)
 
 
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def fsync_held_file(path: str, hint: int | None) -> int | None:
+    """fsync `path` through a descriptor this process already holds on it (SQLite's own);
+    returns that descriptor, a hint for next time, or None when there is none to use.
+
+    Never through a descriptor of our own: POSIX locks belong to the process, and closing any
+    descriptor of the database file drops all of them, SQLite's included. Another process
+    closing its last connection then took itself for the file's last user, checkpointed,
+    and deleted the WAL under this one ("database disk image is malformed").
+    """
     try:
+        wanted = os.stat(path)
+    except FileNotFoundError:
+        return None
+    fd = hint if hint is not None and _is_file(hint, wanted) else _find_descriptor(wanted)
+    if fd is not None:
         os.fsync(fd)
-    finally:
-        os.close(fd)
+    return fd
 
 
-def _fsync_paths(path: str) -> None:
-    for name in (path, path + "-wal"):
-        _fsync_path(name)
+def _is_file(fd: int, wanted: os.stat_result) -> bool:
+    try:
+        found = os.fstat(fd)
+    except OSError:
+        return False
+    return (found.st_dev, found.st_ino) == (wanted.st_dev, wanted.st_ino)
+
+
+def _find_descriptor(wanted: os.stat_result) -> int | None:
+    for directory in ("/proc/self/fd", "/dev/fd"):
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in names:
+            if name.isdigit() and _is_file(int(name), wanted):
+                return int(name)
+        return None
+    return None
 
 
 class _LockBusy(Exception):
