@@ -64,9 +64,10 @@ MAX_INLINE_BATCH = 64
 INLINE_CACHE_KIB = 32 * 1024
 # Inline commits leave the WAL to grow; a PASSIVE checkpoint (off the loop) after this many
 # inline writes. Finishing one holds writes back for 3-5 ms (its fsyncs), so this also sets
-# how often that happens. Measured at 2,500 msgs/s (p99 of 10 s steps): every
-# 2,000 writes 10-25 ms; every 10,000 writes 27-49 ms, as each checkpoint then flushes ~200
-# MB; never, 5 ms at first and 100-200 ms once the kernel starts writing the WAL back.
+# how often that happens. Measured at 2,500 msgs/s when that hold was still 11-15 ms (p99 of
+# 10 s steps): every 2,000 writes 10-25 ms; every 10,000 writes 27-49 ms, as each checkpoint
+# then flushes ~200 MB; never, 5 ms at first and 100-200 ms once the kernel starts writing the
+# WAL back.
 CHECKPOINT_EVERY_WRITES = 2_000
 # When the WAL starts over, its file is cut back to this size.
 WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
@@ -1023,10 +1024,7 @@ def _find_descriptor(wanted: os.stat_result) -> int | None:
             names = os.listdir(directory)
         except OSError:
             continue
-        for name in names:
-            if name.isdigit() and _is_file(int(name), wanted):
-                return int(name)
-        return None
+        return next((int(n) for n in names if n.isdigit() and _is_file(int(n), wanted)), None)
     return None
 
 
