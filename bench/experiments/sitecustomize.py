@@ -10,6 +10,7 @@ edits the server: nothing here is imported unless a benchmark passes
     WL_EXP_TRACEMALLOC=PREFIX  tracemalloc; each SIGUSR1 dumps a snapshot to PREFIX.<n>
     WL_EXP_CHECKPOINT_EVERY=N  checkpoint the SQLite WAL every N inline writes instead of the
                                store's CHECKPOINT_EVERY_WRITES
+    WL_EXP_MMAP=BYTES          PRAGMA mmap_size on the loop's own SQLite connection
     WL_EXP_STALLS=FILE         a watchdog thread logs every event-loop stall over 20 ms (with
                                the loop thread's stack, sampled during the stall), every
                                cycle collection over 5 ms, and every 2 s the collections per
@@ -56,6 +57,19 @@ def _inline_reads() -> None:
             raise Unavailable(f"store read failed: {exc}") from exc
 
     store.SQLiteStore._read = _read  # type: ignore[method-assign]
+
+
+def _mmap(size: int) -> None:
+    from warmline.store import sqlite as store
+
+    connect_inline = store.SQLiteStore._connect_inline
+
+    def _connect_inline(self: Any) -> Any:
+        db = connect_inline(self)
+        db.execute(f"PRAGMA mmap_size = {size}")
+        return db
+
+    store.SQLiteStore._connect_inline = _connect_inline  # type: ignore[method-assign]
 
 
 def _cprofile(path: str) -> None:
@@ -225,6 +239,8 @@ if ACTIVE:
         _no_metrics()
     if os.environ.get("WL_EXP_INLINE_READS"):
         _inline_reads()
+    if os.environ.get("WL_EXP_MMAP"):
+        _mmap(int(os.environ["WL_EXP_MMAP"]))
     if os.environ.get("WL_EXP_CHECKPOINT_EVERY"):
         from warmline.store import sqlite as _sqlite_store
 
