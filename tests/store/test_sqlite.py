@@ -155,6 +155,14 @@ def _wal_frames(path: str) -> int:
     return int(frames)
 
 
+async def _checkpoint_cycle(store: SQLiteStore, conversation_id: str, tag: str = "") -> None:
+    """One checkpoint and the two writes that finish it: the write loop runs the last pass
+    after the first one's batch, and the second one starts the WAL over."""
+    await store._checkpoint()
+    for text in ("after the copy", "starts the WAL over"):
+        await store.append_message(MessageRequest(conversation_id, f"{text}{tag}", CUSTOMER, text))
+
+
 async def test_the_wal_starts_over_under_steady_writes(
     store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -174,14 +182,11 @@ async def test_the_wal_starts_over_under_steady_writes(
         )
     assert store.checkpoints >= 2 and store.complete_checkpoints >= 1
     # The 400 appends wrote about 580 frames, all of them still in the WAL before the fix.
-    # One more cycle, in a known order: the copy beside the writes, a write (after which the
-    # loop finishes the copy), then a write that starts the WAL over.
+    # One more cycle, in a known order, once the one under way is done.
     if store._checkpoint_task is not None:
         await store._checkpoint_task
-    await store._checkpoint()
     complete_before = store.complete_checkpoints
-    for text in ("after the copy", "starts the WAL over"):
-        await store.append_message(MessageRequest(conversations[0].id, text, CUSTOMER, text))
+    await _checkpoint_cycle(store, conversations[0].id)
     assert store.complete_checkpoints == complete_before + 1
     assert _wal_frames(store.path) < 20
 
@@ -214,9 +219,7 @@ async def test_the_files_are_flushed_before_writes_are_held_back(
     conversation = await store.create_conversation("t1")
     for i in range(20):
         await store.append_message(MessageRequest(conversation.id, f"m{i}", CUSTOMER, "hi"))
-    await store._checkpoint()
-    for text in ("after the copy", "starts the WAL over"):
-        await store.append_message(MessageRequest(conversation.id, text, CUSTOMER, text))
+    await _checkpoint_cycle(store, conversation.id)
     assert steps[-3:] == ["fsync db", "fsync wal", "RESTART"]
     assert set(steps[:-3]) == {"PASSIVE"}
     assert store.complete_checkpoints == 1
@@ -286,9 +289,7 @@ async def test_a_checkpoint_goes_on_when_the_files_cannot_be_flushed_first(
     for i in range(5):
         await store.append_message(MessageRequest(conversation.id, f"m{i}", CUSTOMER, "hi"))
     with caplog.at_level("WARNING", logger="warmline.store.sqlite"):
-        await store._checkpoint()
-        for text in ("after the copy", "starts the WAL over"):
-            await store.append_message(MessageRequest(conversation.id, text, CUSTOMER, text))
+        await _checkpoint_cycle(store, conversation.id)
     assert "could not flush" in caplog.text
     assert store.complete_checkpoints == 1
     assert _wal_frames(store.path) < 20
@@ -325,11 +326,7 @@ async def test_the_wal_starts_over_with_another_node_writing(
         # whole wait (then the next checkpoint tries again): a few cycles at most.
         for attempt in range(5):
             complete_before = here.complete_checkpoints
-            await here._checkpoint()
-            for text in ("after the copy", "starts the WAL over"):
-                await here.append_message(
-                    MessageRequest(mine.id, f"{text} {attempt}", CUSTOMER, text)
-                )
+            await _checkpoint_cycle(here, mine.id, f" {attempt}")
             if here.complete_checkpoints > complete_before:
                 break
         stop.set()
