@@ -11,6 +11,11 @@ edits the server: nothing here is imported unless a benchmark passes
     WL_EXP_CHECKPOINT_EVERY=N  checkpoint the SQLite WAL every N inline writes instead of the
                                store's CHECKPOINT_EVERY_WRITES
     WL_EXP_MMAP=BYTES          PRAGMA mmap_size on the loop's own SQLite connection
+    WL_EXP_NULL_APPEND=1       after a conversation's first real message, keep the rest of
+                               its messages in memory only (what the chat benchmark would
+                               deliver with a store that cost nothing per message)
+    WL_EXP_STORE_CLOCK=FILE    every 2 s, the loop thread's CPU and wall time inside inline
+                               SQLite batches per write, appended to FILE as JSON lines
     WL_EXP_STALLS=FILE         a watchdog thread logs every event-loop stall over 20 ms (with
                                the loop thread's stack, sampled during the stall), every
                                cycle collection over 5 ms, and every 2 s the collections per
@@ -226,7 +231,76 @@ def _stalls(path: str) -> None:
     uvicorn.Server.startup = startup  # type: ignore[method-assign]
 
 
+def _null_append() -> None:
+    import time
+
+    from warmline.models import Event
+    from warmline.store import base
+    from warmline.store import sqlite as sqlite_store
+    from warmline.store.rules import message_event_data, message_id_for
+
+    original = sqlite_store.SQLiteStore.append_message
+    known: dict[str, list[Any]] = {}
+
+    async def append_message(self: Any, request: Any) -> Any:
+        seen = known.get(request.conversation_id)
+        if seen is None:
+            appended = await original(self, request)
+            known[request.conversation_id] = [appended.event.seq, appended.state]
+            return appended
+        seen[0] += 1
+        data = message_event_data(request, message_id_for(request))
+        event = Event(request.conversation_id, seen[0], time.time(), "message", data)
+        return base.AppendedMessage(event, True, seen[1])
+
+    sqlite_store.SQLiteStore.append_message = append_message  # type: ignore[method-assign]
+
+
+def _store_clock(path: str) -> None:
+    import json
+    import threading
+    import time
+
+    from warmline.store import sqlite as sqlite_store
+
+    original = sqlite_store.SQLiteStore._run_batch
+    totals = {"cpu": 0.0, "wall": 0.0, "writes": 0, "batches": 0}
+    last = [time.monotonic()]
+
+    def run_batch(self: Any, db: Any, batch: Any, wait: bool = False) -> Any:
+        if db is not self._inline:
+            return original(self, db, batch, wait)
+        c0, w0 = time.thread_time(), time.perf_counter()
+        try:
+            return original(self, db, batch, wait)
+        finally:
+            totals["cpu"] += time.thread_time() - c0
+            totals["wall"] += time.perf_counter() - w0
+            totals["writes"] += len(batch)
+            totals["batches"] += 1
+            now = time.monotonic()
+            if now - last[0] >= 2.0 and totals["writes"]:
+                line = {
+                    "pid": os.getpid(),
+                    "writes_per_s": totals["writes"] / (now - last[0]),
+                    "cpu_us_per_write": 1e6 * totals["cpu"] / totals["writes"],
+                    "wall_us_per_write": 1e6 * totals["wall"] / totals["writes"],
+                    "writes_per_batch": totals["writes"] / totals["batches"],
+                    "thread": threading.get_ident(),
+                }
+                with open(path, "a") as out:
+                    out.write(json.dumps(line) + "\n")
+                totals.update(cpu=0.0, wall=0.0, writes=0, batches=0)
+                last[0] = now
+
+    sqlite_store.SQLiteStore._run_batch = run_batch  # type: ignore[method-assign]
+
+
 if ACTIVE:
+    if os.environ.get("WL_EXP_STORE_CLOCK"):
+        _store_clock(os.environ["WL_EXP_STORE_CLOCK"])
+    if os.environ.get("WL_EXP_NULL_APPEND"):
+        _null_append()
     if os.environ.get("WL_EXP_STALLS"):
         _stalls(os.environ["WL_EXP_STALLS"])
     if os.environ.get("WL_EXP_SWITCH_INTERVAL"):

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from warmline.errors import Conflict
 from warmline.models import Chunk, Document
 from warmline.store import migrations
 from warmline.store import sqlite as sqlite_module
-from warmline.store.base import MessageRequest
+from warmline.store.base import AppendedMessage, MessageRequest
 from warmline.store.sqlite import SQLiteStore
 
 CUSTOMER = {"role": "customer", "id": "cust-1", "name": "Customer"}
@@ -57,6 +58,82 @@ async def test_chat_writes_commit_on_the_loop(store: SQLiteStore) -> None:
     assert [a.event.seq for a in appended] == list(range(1, 11))
     # One batch for the conversation, one for the ten messages that queued up together.
     assert store.inline_batches == inline_before + 2
+
+
+@contextmanager
+def loop_statements(store: SQLiteStore) -> Iterator[list[str]]:
+    """Every statement the loop's own connection runs meanwhile, up to its first two words."""
+    seen: list[str] = []
+    inline = store._inline
+    assert inline is not None
+    inline.set_trace_callback(lambda sql: seen.append(" ".join(sql.split()[:2])))
+    try:
+        yield seen
+    finally:
+        inline.set_trace_callback(None)
+
+
+async def test_a_batch_of_chat_messages_costs_two_statements_each(store: SQLiteStore) -> None:
+    await store.add_tenant("t1")
+    conversation = await store.create_conversation("t1")
+    with loop_statements(store) as seen:
+        await asyncio.gather(
+            *(
+                store.append_message(MessageRequest(conversation.id, f"m{i}", CUSTOMER, f"{i}"))
+                for i in range(5)
+            )
+        )
+    # No savepoints and no lookup of the client id while nothing is refused or resent.
+    assert seen == ["BEGIN IMMEDIATE", *["UPDATE conversations", "INSERT INTO"] * 5, "COMMIT"]
+
+
+async def test_a_batch_with_refusals_and_resends_commits_the_rest(store: SQLiteStore) -> None:
+    await store.add_tenant("t1")
+    conversation = await store.create_conversation("t1")
+    first = await store.append_message(MessageRequest(conversation.id, "k1", CUSTOMER, "one"))
+    only_human = frozenset({"human"})  # the conversation is with the bot: refused
+    batches_before = store.batches
+    with loop_statements(store) as seen:
+        results = await asyncio.gather(
+            store.append_message(
+                MessageRequest(conversation.id, "k1", CUSTOMER, "one", allowed_states=only_human)
+            ),
+            store.append_message(
+                MessageRequest(conversation.id, "k2", CUSTOMER, "two", allowed_states=only_human)
+            ),
+            store.append_message(MessageRequest(conversation.id, "k3", CUSTOMER, "three")),
+            store.append_message(MessageRequest(conversation.id, "k3", CUSTOMER, "three")),
+            return_exceptions=True,
+        )
+    assert store.batches == batches_before + 1
+    resent, refused, third, third_again = results
+    # A resend is answered with what was stored, even where a new message would be refused.
+    assert resent == (first.event, False, "bot")
+    assert isinstance(refused, Conflict)
+    assert isinstance(third, AppendedMessage) and third.created and third.event.seq == 2
+    assert third_again == (third.event, False, "bot")
+    # The batch was undone at the first refusal and run again, each write in a savepoint.
+    assert seen.count("ROLLBACK") == 1 and seen.count("SAVEPOINT op") == 4
+    assert seen[-1] == "COMMIT" and store.rerun_batches == 1
+    assert (await store.get_conversation(conversation.id)).last_seq == 2
+    assert [e.seq for e in await store.events_after(conversation.id, 0)] == [1, 2]
+
+    # Refusals just seen: the next batch takes its savepoints from the start, and once one
+    # goes through with nothing refused, the batch after it runs without them again.
+    async def two_messages(first_key: str) -> None:
+        await asyncio.gather(
+            *(
+                store.append_message(MessageRequest(conversation.id, key, CUSTOMER, key))
+                for key in (first_key, first_key + "b")
+            )
+        )
+
+    with loop_statements(store) as seen:
+        await two_messages("k4")
+    assert "ROLLBACK" not in seen and seen.count("SAVEPOINT op") == 2
+    with loop_statements(store) as seen:
+        await two_messages("k5")
+    assert "SAVEPOINT op" not in seen and store.rerun_batches == 1
 
 
 async def test_heavy_writes_go_to_the_writer_thread(store: SQLiteStore) -> None:
@@ -172,16 +249,19 @@ async def test_the_wal_starts_over_under_steady_writes(
     monkeypatch.setattr(sqlite_module, "CHECKPOINT_EVERY_WRITES", 40)
     await store.add_tenant("t1")
     conversations = [await store.create_conversation("t1") for _ in range(10)]
-    for round_ in range(40):
-        # Ten writers at once, as busy connections are: batches of several writes.
+    # Writes go on for as long as the checkpoints take (a busy machine slows their thread):
+    # at least 40 rounds, ten writers at once as busy connections are, so batches of several.
+    round_ = 0
+    while round_ < 40 or not (store.checkpoints >= 2 and store.complete_checkpoints >= 1):
         await asyncio.gather(
             *(
                 store.append_message(MessageRequest(c.id, f"m{round_}", CUSTOMER, "hello"))
                 for c in conversations
             )
         )
-    assert store.checkpoints >= 2 and store.complete_checkpoints >= 1
-    # The 400 appends wrote about 580 frames, all of them still in the WAL before the fix.
+        round_ += 1
+        assert round_ < 5_000, "the checkpoints never caught up with the writes"
+    # 400 appends write about 580 frames, all of them still in the WAL before the fix.
     # One more cycle, in a known order, once the one under way is done.
     if store._checkpoint_task is not None:
         await store._checkpoint_task

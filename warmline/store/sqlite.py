@@ -106,6 +106,10 @@ class SQLiteStore(Store):
         self._held_descriptors: dict[str, int | None] = {}
         self.inline_batches = 0
         self.inline_busy = 0
+        # Inline batches run a second time because a write in them raised (see `_run_batch`),
+        # and whether the next one should take a savepoint per write from the start.
+        self.rerun_batches = 0
+        self._expect_undos = False
         self.checkpoints = 0
         # Checkpoints that copied the whole WAL, so the next commit starts it over.
         self.complete_checkpoints = 0
@@ -437,26 +441,20 @@ class SQLiteStore(Store):
         _begin(db, wait)
         if len(batch) == 1:
             return [self._run_alone(db, batch[0][0])]
-        outcomes: list[tuple[bool, Any]] = []
-        try:
-            for op, _, _ in batch:
-                db.execute("SAVEPOINT op")
-                try:
-                    result = op(db)
-                except Exception as exc:
-                    db.execute("ROLLBACK TO op")
-                    db.execute("RELEASE op")
-                    if not isinstance(exc, WarmlineError):
-                        exc = Unavailable(f"store write failed: {exc}")
-                    outcomes.append((False, exc))
-                else:
-                    db.execute("RELEASE op")
-                    outcomes.append((True, result))
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+        if wait:
+            return _run_each_in_savepoint(db, batch)[0]
+        if not self._expect_undos:
+            outcomes = _run_together(db, batch)
+            if outcomes is not None:
+                return outcomes
+            # One of them failed or was refused: all of theirs was undone with it. Again,
+            # each in a savepoint of its own, so that the others still commit.
+            self.rerun_batches += 1
+            _begin(db, wait)
+        outcomes, undone = _run_each_in_savepoint(db, batch)
+        # While writes keep being refused (claims racing in a handoff storm, say), running
+        # a batch twice would cost more than the savepoints do.
+        self._expect_undos = undone > 0
         return outcomes
 
     @staticmethod
@@ -465,11 +463,12 @@ class SQLiteStore(Store):
         try:
             try:
                 result = op(db)
+            except UndoWrites as undone:
+                db.execute("ROLLBACK")
+                return True, undone.result
             except Exception as exc:
                 db.execute("ROLLBACK")
-                if not isinstance(exc, WarmlineError):
-                    exc = Unavailable(f"store write failed: {exc}")
-                return False, exc
+                return False, _as_store_error(exc)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -630,33 +629,44 @@ class SQLiteStore(Store):
             "WHERE id = :id RETURNING state, agent_id, last_seq"
         )
         params = {"now": now, "id": request.conversation_id, "preview": request.text[:140]}
+        insert_sql = (
+            "INSERT INTO events (conversation_id, seq, ts, kind, client_key, data) "
+            "VALUES (?, ?, ?, 'message', ?, ?)"
+        )
+        if key is not None:
+            insert_sql += (
+                " ON CONFLICT (conversation_id, client_key) WHERE client_key IS NOT NULL "
+                "DO NOTHING"
+            )
 
         def op(db: sqlite3.Connection) -> AppendedMessage:
+            # Bump the seq and insert first, look for a resend only when the insert finds
+            # one: the common case is two statements. Whatever is refused or found stored
+            # already raises, and the bump is undone with it.
+            bumped = db.execute(bump_sql, params).fetchone()
+            if bumped is None:
+                raise NotFound("unknown conversation")
+            state, agent_id, seq = bumped
+            refused = refusal(request, state, agent_id)
+            if refused is None:
+                inserted = db.execute(
+                    insert_sql, (request.conversation_id, seq, now, key, json.dumps(data))
+                ).rowcount
+                if inserted:
+                    event = Event(request.conversation_id, int(seq), now, "message", data)
+                    return AppendedMessage(event, True, state)
+            # A resend is answered with the message stored first, even where the
+            # conversation would refuse it now (its first send was acked, or will be).
+            row = None
             if key is not None:
                 row = db.execute(
                     "SELECT conversation_id, seq, ts, kind, data FROM events "
                     "WHERE conversation_id = ? AND client_key = ?",
                     (request.conversation_id, key),
                 ).fetchone()
-                if row is not None:
-                    state = _conversation_row(db, request.conversation_id).state
-                    return AppendedMessage(_event(row), False, state)
-            # Take the seq first and check afterwards: a refused message raises, and the
-            # write's SAVEPOINT undoes the bump, so the common case costs two statements.
-            bumped = db.execute(bump_sql, params).fetchone()
-            if bumped is None:
-                raise NotFound("unknown conversation")
-            state, agent_id, seq = bumped
-            refused = refusal(request, state, agent_id)
-            if refused is not None:
-                raise refused
-            db.execute(
-                "INSERT INTO events (conversation_id, seq, ts, kind, client_key, data) "
-                "VALUES (?, ?, ?, 'message', ?, ?)",
-                (request.conversation_id, seq, now, key, json.dumps(data)),
-            )
-            event = Event(request.conversation_id, int(seq), now, "message", data)
-            return AppendedMessage(event, True, state)
+            if row is not None:
+                raise UndoWrites(AppendedMessage(_event(row), False, state))
+            raise refused or Unavailable("the message was neither stored nor found stored")
 
         return await self._write(op, inline=True)
 
@@ -1030,6 +1040,72 @@ def _find_descriptor(wanted: os.stat_result) -> int | None:
 
 class _LockBusy(Exception):
     """BEGIN IMMEDIATE found the write lock taken, and this connection does not wait."""
+
+
+class UndoWrites(Exception):
+    """Raised by a write to have its own statements undone and `result` returned: a resend
+    found stored already answers with what was stored, and leaves nothing changed."""
+
+    def __init__(self, result: Any) -> None:
+        super().__init__()
+        self.result = result
+
+
+def _as_store_error(exc: Exception) -> WarmlineError:
+    return exc if isinstance(exc, WarmlineError) else Unavailable(f"store write failed: {exc}")
+
+
+def _run_together(
+    db: sqlite3.Connection, batch: list[QueuedWrite]
+) -> list[tuple[bool, Any]] | None:
+    """The batch in the open transaction, committed; None, with everything undone, when one
+    of the writes raised. Chat messages are rarely refused, and a savepoint per write costs
+    two more statements (SAVEPOINT, RELEASE) beside its usual two or three."""
+    try:
+        try:
+            results = [op(db) for op, _, _ in batch]
+        except Exception:
+            db.execute("ROLLBACK")
+            return None
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return [(True, result) for result in results]
+
+
+def _run_each_in_savepoint(
+    db: sqlite3.Connection, batch: list[QueuedWrite]
+) -> tuple[list[tuple[bool, Any]], int]:
+    """The batch in the open transaction, each write undone alone when it raises; and how
+    many were undone."""
+    outcomes: list[tuple[bool, Any]] = []
+    undone = 0
+    try:
+        for op, _, _ in batch:
+            db.execute("SAVEPOINT op")
+            try:
+                result = op(db)
+            except UndoWrites as answered:
+                db.execute("ROLLBACK TO op")
+                db.execute("RELEASE op")
+                outcomes.append((True, answered.result))
+                undone += 1
+            except Exception as exc:
+                db.execute("ROLLBACK TO op")
+                db.execute("RELEASE op")
+                outcomes.append((False, _as_store_error(exc)))
+                undone += 1
+            else:
+                db.execute("RELEASE op")
+                outcomes.append((True, result))
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return outcomes, undone
 
 
 def _begin(db: sqlite3.Connection, wait: bool) -> None:
