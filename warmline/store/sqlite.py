@@ -463,7 +463,7 @@ class SQLiteStore(Store):
         try:
             try:
                 result = op(db)
-            except UndoWrites as undone:
+            except _UndoWrites as undone:
                 db.execute("ROLLBACK")
                 return True, undone.result
             except Exception as exc:
@@ -665,7 +665,7 @@ class SQLiteStore(Store):
                     (request.conversation_id, key),
                 ).fetchone()
             if row is not None:
-                raise UndoWrites(AppendedMessage(_event(row), False, state))
+                raise _UndoWrites(AppendedMessage(_event(row), False, state))
             raise refused or Unavailable("the message was neither stored nor found stored")
 
         return await self._write(op, inline=True)
@@ -1042,7 +1042,7 @@ class _LockBusy(Exception):
     """BEGIN IMMEDIATE found the write lock taken, and this connection does not wait."""
 
 
-class UndoWrites(Exception):
+class _UndoWrites(Exception):
     """Raised by a write to have its own statements undone and `result` returned: a resend
     found stored already answers with what was stored, and leaves nothing changed."""
 
@@ -1087,7 +1087,7 @@ def _run_each_in_savepoint(
             db.execute("SAVEPOINT op")
             try:
                 result = op(db)
-            except UndoWrites as answered:
+            except _UndoWrites as answered:
                 db.execute("ROLLBACK TO op")
                 db.execute("RELEASE op")
                 outcomes.append((True, answered.result))
