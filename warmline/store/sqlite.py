@@ -629,15 +629,7 @@ class SQLiteStore(Store):
             "WHERE id = :id RETURNING state, agent_id, last_seq"
         )
         params = {"now": now, "id": request.conversation_id, "preview": request.text[:140]}
-        insert_sql = (
-            "INSERT INTO events (conversation_id, seq, ts, kind, client_key, data) "
-            "VALUES (?, ?, ?, 'message', ?, ?)"
-        )
-        if key is not None:
-            insert_sql += (
-                " ON CONFLICT (conversation_id, client_key) WHERE client_key IS NOT NULL "
-                "DO NOTHING"
-            )
+        insert_sql = _INSERT_MESSAGE if key is None else _INSERT_MESSAGE_ONCE
 
         def op(db: sqlite3.Connection) -> AppendedMessage:
             # Bump the seq and insert first, look for a resend only when the insert finds
@@ -1036,6 +1028,17 @@ def _find_descriptor(wanted: os.stat_result) -> int | None:
             continue
         return next((int(n) for n in names if n.isdigit() and _is_file(int(n), wanted)), None)
     return None
+
+
+_INSERT_MESSAGE = (
+    "INSERT INTO events (conversation_id, seq, ts, kind, client_key, data) "
+    "VALUES (?, ?, ?, 'message', ?, ?)"
+)
+# A resend (its client key stored already) inserts nothing: rowcount 0.
+_INSERT_MESSAGE_ONCE = (
+    _INSERT_MESSAGE
+    + " ON CONFLICT (conversation_id, client_key) WHERE client_key IS NOT NULL DO NOTHING"
+)
 
 
 class _LockBusy(Exception):
