@@ -102,7 +102,10 @@ class Backend:
     def node(self) -> RateLimiter:
         if self.kind == "memory":
             return self._memory
-        limiter = RedisLimiter(self.url, clock=self.clock, prefix=self.prefix)
+        # The contract is about what is granted, not about speed: with the default 0.5 s a
+        # busy CI machine timed out a few of 100 racing takes, and a limiter that times out
+        # fails open (tested on its own below).
+        limiter = RedisLimiter(self.url, clock=self.clock, prefix=self.prefix, op_timeout_s=10.0)
         self._made.append(limiter)
         return limiter
 
