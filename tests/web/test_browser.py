@@ -231,6 +231,8 @@ def test_widget_works_over_long_polling(pages: Pages, server: Any) -> None:
     expect(w.locator(".wl-msg.agent .wl-bubble")).to_have_text(["Hello over long polling"])
     say(customer, "Got it")
     expect(agent.locator("#transcript .msg.customer .bubble").last).to_have_text("Got it")
+    # The agent can see it before the widget's own long poll brings the ack back.
+    expect(w.locator(".wl-msg.customer:not(.pending)")).to_have_count(2)
     seqs = w.locator(".wl-msg[data-seq]").evaluate_all("ns => ns.map(n => Number(n.dataset.seq))")
     assert len(seqs) == len(set(seqs)) == 4, seqs
     pages.assert_clean()
