@@ -18,7 +18,8 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -460,21 +461,11 @@ class SQLiteStore(Store):
     @staticmethod
     def _run_alone(db: sqlite3.Connection, op: SyncOp) -> tuple[bool, Any]:
         # With no neighbours to protect, the transaction itself is the savepoint.
-        try:
-            try:
-                result = op(db)
-            except _UndoWrites as undone:
-                db.execute("ROLLBACK")
-                return True, undone.result
-            except Exception as exc:
-                db.execute("ROLLBACK")
-                return False, _as_store_error(exc)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        return True, result
+        with _rolled_back_on_error(db):
+            outcome, undone = _run_one(db, op, "ROLLBACK")
+            if not undone:
+                db.execute("COMMIT")
+        return outcome
 
     # Secrets -------------------------------------------------------------------------------
     async def secret(self, name: str, generate_bytes: int = 32) -> bytes:
@@ -1058,23 +1049,44 @@ def _as_store_error(exc: Exception) -> WarmlineError:
     return exc if isinstance(exc, WarmlineError) else Unavailable(f"store write failed: {exc}")
 
 
+@contextmanager
+def _rolled_back_on_error(db: sqlite3.Connection) -> Iterator[None]:
+    """Whatever escapes (an error of SQLite itself, a cancellation) leaves no transaction
+    open behind it."""
+    try:
+        yield
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+def _run_one(db: sqlite3.Connection, op: SyncOp, undo_sql: str) -> tuple[tuple[bool, Any], bool]:
+    """Run one write: its outcome, and whether `undo_sql` undid its statements (it raised:
+    refused, failed, or answered with what was stored before)."""
+    try:
+        return (True, op(db)), False
+    except _UndoWrites as answered:
+        outcome: tuple[bool, Any] = (True, answered.result)
+    except Exception as exc:
+        outcome = (False, _as_store_error(exc))
+    db.execute(undo_sql)
+    return outcome, True
+
+
 def _run_together(
     db: sqlite3.Connection, batch: list[QueuedWrite]
 ) -> list[tuple[bool, Any]] | None:
     """The batch in the open transaction, committed; None, with everything undone, when one
     of the writes raised. Chat messages are rarely refused, and a savepoint per write costs
     two more statements (SAVEPOINT, RELEASE) beside its usual two or three."""
-    try:
+    with _rolled_back_on_error(db):
         try:
             results = [op(db) for op, _, _ in batch]
         except Exception:
             db.execute("ROLLBACK")
             return None
         db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
     return [(True, result) for result in results]
 
 
@@ -1085,29 +1097,14 @@ def _run_each_in_savepoint(
     many were undone."""
     outcomes: list[tuple[bool, Any]] = []
     undone = 0
-    try:
+    with _rolled_back_on_error(db):
         for op, _, _ in batch:
             db.execute("SAVEPOINT op")
-            try:
-                result = op(db)
-            except _UndoWrites as answered:
-                db.execute("ROLLBACK TO op")
-                db.execute("RELEASE op")
-                outcomes.append((True, answered.result))
-                undone += 1
-            except Exception as exc:
-                db.execute("ROLLBACK TO op")
-                db.execute("RELEASE op")
-                outcomes.append((False, _as_store_error(exc)))
-                undone += 1
-            else:
-                db.execute("RELEASE op")
-                outcomes.append((True, result))
+            outcome, was_undone = _run_one(db, op, "ROLLBACK TO op")
+            db.execute("RELEASE op")
+            outcomes.append(outcome)
+            undone += was_undone
         db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
     return outcomes, undone
 
 
