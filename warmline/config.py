@@ -25,9 +25,6 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8000
     db: str = "warmline.db"
-    # Where SQLite commits a node's small writes: "loop" (on the event loop itself) or
-    # "process" (a writer process of its own, on another core: see store/sqlite_process.py).
-    sqlite_writer: str = "loop"
     redis_url: str = ""
     demo: bool = False
     node_id: str = ""

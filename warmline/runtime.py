@@ -85,7 +85,7 @@ class Runtime:
 
     async def start(self) -> None:
         config = self.config
-        self.store: Store = open_store(config.db, config.sqlite_writer)
+        self.store: Store = open_store(config.db)
         await self.store.open()
         self.bus: Bus = self._build_bus()
         await self.bus.start()

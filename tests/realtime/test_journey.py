@@ -3,28 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-
-import pytest
 
 from tests.helpers.client import Client
 from tests.helpers.server import ServerProcess
-
-
-@pytest.fixture(scope="module")
-def process_writer_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """A demo server whose small SQLite writes commit in a writer process."""
-    db = tmp_path_factory.mktemp("server") / "warmline.db"
-    with ServerProcess(db, env={"WARMLINE_SQLITE_WRITER": "process"}) as server:
-        yield server
-
-
-@pytest.fixture(params=["loop", "process"])
-def journey_server(request: pytest.FixtureRequest) -> ServerProcess:
-    """The journeys run with SQLite's small writes on the loop and in a writer process."""
-    name = "demo_server" if request.param == "loop" else "process_writer_server"
-    server: ServerProcess = request.getfixturevalue(name)
-    return server
 
 
 def is_bot_message(frame: dict) -> bool:
@@ -35,8 +16,7 @@ def is_state(to: str):
     return lambda f: f.get("type") == "event" and f.get("kind") == "state" and f.get("to") == to
 
 
-async def test_whole_journey(journey_server: ServerProcess) -> None:
-    demo_server = journey_server
+async def test_whole_journey(demo_server: ServerProcess) -> None:
     url = demo_server.ws_url()
     customer, welcome = await Client.customer(url)
     conversation_id = welcome["conversation_id"]
@@ -130,8 +110,8 @@ async def test_whole_journey(journey_server: ServerProcess) -> None:
     await agent.close()
 
 
-async def test_resume_without_gap_or_duplicate(journey_server: ServerProcess) -> None:
-    url = journey_server.ws_url()
+async def test_resume_without_gap_or_duplicate(demo_server: ServerProcess) -> None:
+    url = demo_server.ws_url()
     customer, welcome = await Client.customer(url)
     token = welcome["token"]
     for i in range(3):

@@ -4,9 +4,8 @@ Every backend in BACKENDS runs the whole suite. A `StoreEnv` gives a test the st
 "nodes" (other Store instances over the same data, as separate processes would have), and a
 raw dump of everything persisted (to check what must never be stored).
 
-Backends: SQLite (small writes on the loop), SQLite with a writer process, and PostgreSQL
-by default; `WARMLINE_TEST_STORE_BACKENDS=sqlite` (or `=sqlite-process`, `=postgres`) runs
-just one.
+Backends: SQLite and PostgreSQL by default; `WARMLINE_TEST_STORE_BACKENDS=sqlite` (or
+`=postgres`) runs just one.
 
 PostgreSQL runs against WARMLINE_TEST_POSTGRES_URL (default
 postgresql://postgres@127.0.0.1:5432/postgres, the machine's own server with trust auth). The
@@ -36,9 +35,7 @@ from warmline.store.sqlite import SQLiteStore
 
 BACKENDS = [
     name.strip()
-    for name in os.environ.get(
-        "WARMLINE_TEST_STORE_BACKENDS", "sqlite,sqlite-process,postgres"
-    ).split(",")
+    for name in os.environ.get("WARMLINE_TEST_STORE_BACKENDS", "sqlite,postgres").split(",")
     if name.strip()
 ]
 
@@ -76,17 +73,18 @@ class StoreEnv:
 
 
 class SQLiteEnv(StoreEnv):
-    def __init__(self, directory: Path, writer_process: bool = False) -> None:
-        super().__init__("sqlite-process" if writer_process else "sqlite")
+    def __init__(self, directory: Path) -> None:
+        super().__init__("sqlite")
         self.path = directory / "warmline.db"
-        self.writer_process = writer_process
 
     def _make(self) -> Store:
-        return SQLiteStore(str(self.path), writer_process=self.writer_process)
+        return SQLiteStore(str(self.path))
 
     async def dump(self) -> bytes:
         # WAL mode: recent writes may sit in -wal until a checkpoint, so read every file.
-        return b"".join(p.read_bytes() for p in sorted(self.path.parent.glob(self.path.name + "*")))
+        return b"".join(
+            p.read_bytes() for p in sorted(self.path.parent.glob(self.path.name + "*"))
+        )
 
 
 class PostgresEnv(StoreEnv):
@@ -147,11 +145,7 @@ class PostgresEnv(StoreEnv):
 @pytest.fixture(params=BACKENDS)
 async def env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreEnv]:
     kind: str = request.param
-    environment: StoreEnv
-    if kind == "postgres":
-        environment = PostgresEnv(POSTGRES_URL)
-    else:
-        environment = SQLiteEnv(tmp_path, writer_process=kind == "sqlite-process")
+    environment: StoreEnv = SQLiteEnv(tmp_path) if kind == "sqlite" else PostgresEnv(POSTGRES_URL)
     await environment.setup()
     try:
         yield environment

@@ -20,8 +20,6 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from functools import partial
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -50,7 +48,6 @@ from warmline.store.rules import (
     state_event_data,
     transition_changes,
 )
-from warmline.store.sqlite_process import WriterProcess
 
 log = logging.getLogger("warmline.store.sqlite")
 T = TypeVar("T")
@@ -64,9 +61,6 @@ MAX_BATCH = 256
 PAGE_SIZE = 2048
 # A batch run on the event loop holds it for its duration: keep it to a few milliseconds.
 MAX_INLINE_BATCH = 64
-# Batches sent to the writer process before the first is answered: one being committed, one
-# waiting beside it, so the process never waits for the loop, nor the loop for the process.
-PIPELINED_BATCHES = 2
 # The page cache of the loop's connection, in KiB.
 INLINE_CACHE_KIB = 32 * 1024
 # Inline commits leave the WAL to grow; a PASSIVE checkpoint (off the loop) after this many
@@ -90,27 +84,6 @@ INLINE_BUSY_WAIT_S = 0.5
 _INLINE_RETRY_DELAYS = (0.0, 0.0, 0.0, *([0.001] * 5), *([0.002] * 10), *([0.005] * 90))
 
 
-def connect_for_small_writes(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
-    """The connection for a node's small writes: the loop's own (which never waits for the
-    lock: busy timeout 0) or the writer process's."""
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    # On the loop, another process writing means SQLITE_BUSY at once, and that batch goes to
-    # the writer thread, which may wait.
-    db.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-    db.execute("PRAGMA journal_mode = WAL")
-    db.execute("PRAGMA synchronous = NORMAL")
-    db.execute("PRAGMA foreign_keys = ON")
-    # A checkpoint writes and fsyncs the database file: never inside one of these commits.
-    # The node runs them on its writer thread (see `SQLiteStore._checkpoint`).
-    db.execute("PRAGMA wal_autocheckpoint = 0")
-    db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
-    # Every chat message touches its conversation's pages; with SQLite's default 2 MiB cache
-    # a few hundred busy conversations miss it and every write reads pages back with
-    # pread(). Pages are only allocated as they are used.
-    db.execute(f"PRAGMA cache_size = -{INLINE_CACHE_KIB}")
-    return db
-
-
 def _run_in_connection_thread(conn: aiosqlite.Connection, fn: Callable[[], T]) -> Any:
     # aiosqlite runs one thread per connection; handing it a whole function costs one thread
     # hop per batch instead of one per statement, which is what makes group commit pay off.
@@ -118,24 +91,9 @@ def _run_in_connection_thread(conn: aiosqlite.Connection, fn: Callable[[], T]) -
 
 
 class SQLiteStore(Store):
-    def __init__(
-        self,
-        path: str,
-        busy_timeout_ms: int = 15000,
-        inline_writes: bool = True,
-        writer_process: bool = False,
-    ) -> None:
-        """`writer_process`: small writes go to a process of their own (see
-        `sqlite_process`) instead of running on the loop. Not for `:memory:`, which no other
-        process can open."""
-        if writer_process and path == ":memory:":
-            raise ValueError("an in-memory SQLite database cannot have a writer process")
+    def __init__(self, path: str, busy_timeout_ms: int = 15000, inline_writes: bool = True) -> None:
         self.path = path
         self.inline_writes = inline_writes
-        self.writer_process = writer_process
-        self._process: WriterProcess | None = None
-        # Batches the writer process answered: see `_process_write_loop`.
-        self.process_batches = 0
         self._busy_timeout_ms = busy_timeout_ms
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
@@ -149,7 +107,10 @@ class SQLiteStore(Store):
         self._held_descriptors: dict[str, int | None] = {}
         self.inline_batches = 0
         self.inline_busy = 0
-        self._history = BatchHistory()
+        # Inline batches run a second time because a write in them raised (see `_run_batch`),
+        # and whether the next one should take a savepoint per write from the start.
+        self.rerun_batches = 0
+        self._expect_undos = False
         self.checkpoints = 0
         # Checkpoints that copied the whole WAL, so the next commit starts it over.
         self.complete_checkpoints = 0
@@ -173,12 +134,8 @@ class SQLiteStore(Store):
             self._writer, lambda: self._migrate(self._raw(self._writer))
         )
         self._reader = await self._connect()
-        if self.writer_process:
-            process = WriterProcess(self.path, self._busy_timeout_ms)
-            await process.start()
-            self._process = process
-        elif self.inline_writes and self.path != ":memory:":
-            self._inline = await asyncio.to_thread(connect_for_small_writes, self.path, 0)
+        if self.inline_writes and self.path != ":memory:":
+            self._inline = await asyncio.to_thread(self._connect_inline)
         self._writer_task = asyncio.create_task(self._write_loop(), name="sqlite-writer")
         self._reader_task = asyncio.create_task(self._read_loop(), name="sqlite-reader")
 
@@ -193,6 +150,23 @@ class SQLiteStore(Store):
         await conn.execute("PRAGMA foreign_keys = ON")
         await conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
         return conn
+
+    def _connect_inline(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # Never wait for the lock on the loop: another process writing means SQLITE_BUSY at
+        # once, and that batch goes to the writer thread, which may wait.
+        db.execute("PRAGMA busy_timeout = 0")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA foreign_keys = ON")
+        # A checkpoint writes and fsyncs the database file: never inside a commit on the loop.
+        db.execute("PRAGMA wal_autocheckpoint = 0")
+        db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
+        # Every chat message touches its conversation's pages; with SQLite's default 2 MiB
+        # cache a few hundred busy conversations miss it and every write reads pages back
+        # with pread(). Pages are only allocated as they are used.
+        db.execute(f"PRAGMA cache_size = -{INLINE_CACHE_KIB}")
+        return db
 
     @staticmethod
     def _raw(conn: aiosqlite.Connection | None) -> sqlite3.Connection:
@@ -248,9 +222,6 @@ class SQLiteStore(Store):
         if self._inline is not None:
             inline, self._inline = self._inline, None
             await asyncio.to_thread(inline.close)
-        if self._process is not None:
-            process, self._process = self._process, None
-            await process.stop()
         for conn in (self._reader, self._writer):
             if conn is not None:
                 await conn.close()
@@ -313,9 +284,6 @@ class SQLiteStore(Store):
         # commit, so a batch of chat messages costs tens of microseconds, less than the two
         # thread hand-offs (and GIL hand-overs) it would take to run it on the writer thread.
         # The loop never waits for the lock (busy_timeout 0 there), and never checkpoints.
-        if self._process is not None:
-            await self._process_write_loop(self._process)
-            return
         while True:
             first = await self._queue.get()
             inline = self._inline is not None and first[2]
@@ -325,81 +293,27 @@ class SQLiteStore(Store):
             if inline:
                 outcomes = await self._run_inline(batch)
             if outcomes is None:
-                outcomes = await self._run_on_writer_thread(batch)
-            self._settle_batch(batch, outcomes)
+                writer = self._writer_for_loop()
+                raw = self._raw(writer)
+                try:
+                    outcomes = await _run_in_connection_thread(
+                        writer,
+                        lambda b=batch, db=raw: self._run_batch(db, b, wait=True),  # type: ignore[misc]
+                    )
+                except Exception as exc:  # the transaction itself failed: nothing was stored
+                    error = Unavailable(f"store write failed: {exc}")
+                    outcomes = [(False, error)] * len(batch)
+            self.batches += 1
+            self.batched_writes += len(batch)
+            _settle([future for _, future, _ in batch], outcomes)
+            for _ in batch:
+                self._queue.task_done()
             if self._catch_up_due:
                 self._catch_up_due = False
                 await self._finish_checkpoint()
             elif inline:
                 # Let the writers just answered (and everyone else) run before the next batch.
                 await asyncio.sleep(0)
-
-    async def _process_write_loop(self, process: WriterProcess) -> None:
-        """Small writes go to the writer process, up to PIPELINED_BATCHES batches at a time:
-        it runs them in order, so callers are answered in the order they queued. While the
-        window is full, writes queue up into a bigger batch."""
-        window = asyncio.Semaphore(PIPELINED_BATCHES)
-        in_flight: set[asyncio.Future[list[tuple[bool, Any]]]] = set()
-        while True:
-            first = await self._queue.get()
-            await window.acquire()
-            batch = _take_batch(self._queue, first, MAX_BATCH)
-            if not all(entry[2] for entry in batch):
-                # A heavy write waits for the small ones before it, as on the loop.
-                window.release()
-                if in_flight:
-                    await asyncio.wait(in_flight)
-                self._settle_batch(batch, await self._run_on_writer_thread(batch))
-            else:
-                try:
-                    answer = await process.send([op for op, _, _ in batch])
-                except Exception as exc:  # no process would start, or a write does not pickle
-                    window.release()
-                    self._settle_batch(batch, [(False, _as_store_error(exc))] * len(batch))
-                    continue
-                in_flight.add(answer)
-                answer.add_done_callback(in_flight.discard)
-                answer.add_done_callback(partial(self._answered, batch, window))
-            if self._catch_up_due:
-                self._catch_up_due = False
-                await self._finish_checkpoint()
-
-    def _answered(
-        self,
-        batch: list[QueuedWrite],
-        window: asyncio.Semaphore,
-        answer: asyncio.Future[list[tuple[bool, Any]]],
-    ) -> None:
-        window.release()
-        outcomes: list[tuple[bool, Any]]
-        if answer.cancelled():
-            outcomes = [(False, Unavailable("store is closed"))] * len(batch)
-        elif (error := answer.exception()) is not None:
-            log.warning("sqlite: %s", error)
-            outcomes = [(False, _as_store_error(error))] * len(batch)
-        else:
-            outcomes = answer.result()
-            self.process_batches += 1
-            self._after_inline_commit(len(batch))
-        self._settle_batch(batch, outcomes)
-
-    async def _run_on_writer_thread(self, batch: list[QueuedWrite]) -> list[tuple[bool, Any]]:
-        writer = self._writer_for_loop()
-        raw = self._raw(writer)
-        try:
-            return await _run_in_connection_thread(
-                writer,
-                lambda b=batch, db=raw: self._run_batch(db, b, wait=True),  # type: ignore[misc]
-            )
-        except Exception as exc:  # the transaction itself failed: nothing was stored
-            return [(False, Unavailable(f"store write failed: {exc}"))] * len(batch)
-
-    def _settle_batch(self, batch: list[QueuedWrite], outcomes: list[tuple[bool, Any]]) -> None:
-        self.batches += 1
-        self.batched_writes += len(batch)
-        _settle([future for _, future, _ in batch], outcomes)
-        for _ in batch:
-            self._queue.task_done()
 
     async def _run_inline(self, batch: list[QueuedWrite]) -> list[tuple[bool, Any]] | None:
         """Commit the batch on the loop's connection; None to hand it to the writer thread.
@@ -525,14 +439,33 @@ class SQLiteStore(Store):
     def _run_batch(
         self, db: sqlite3.Connection, batch: list[QueuedWrite], wait: bool = False
     ) -> list[tuple[bool, Any]]:
-        # The writer thread's batches (heavy writes, or ones that waited for the lock) are
-        # not worth risking a second run: a savepoint each from the start.
-        ops = [op for op, _, _ in batch]
-        return run_batch(db, ops, self._history, wait=wait, savepoint_each=wait)
+        _begin(db, wait)
+        if len(batch) == 1:
+            return [self._run_alone(db, batch[0][0])]
+        if wait:
+            return _run_each_in_savepoint(db, batch)[0]
+        if not self._expect_undos:
+            outcomes = _run_together(db, batch)
+            if outcomes is not None:
+                return outcomes
+            # One of them failed or was refused: all of theirs was undone with it. Again,
+            # each in a savepoint of its own, so that the others still commit.
+            self.rerun_batches += 1
+            _begin(db, wait)
+        outcomes, undone = _run_each_in_savepoint(db, batch)
+        # While writes keep being refused (claims racing in a handoff storm, say), running
+        # a batch twice would cost more than the savepoints do.
+        self._expect_undos = undone > 0
+        return outcomes
 
-    @property
-    def rerun_batches(self) -> int:
-        return self._history.reruns
+    @staticmethod
+    def _run_alone(db: sqlite3.Connection, op: SyncOp) -> tuple[bool, Any]:
+        # With no neighbours to protect, the transaction itself is the savepoint.
+        with _rolled_back_on_error(db):
+            outcome, undone = _run_one(db, op, "ROLLBACK")
+            if not undone:
+                db.execute("COMMIT")
+        return outcome
 
     # Secrets -------------------------------------------------------------------------------
     async def secret(self, name: str, generate_bytes: int = 32) -> bytes:
@@ -649,7 +582,18 @@ class SQLiteStore(Store):
 
     # Conversations -------------------------------------------------------------------------
     async def create_conversation(self, tenant_id: str) -> Conversation:
-        op = partial(_create_conversation, tenant_id, new_id("c"), time.time())
+        conversation_id = new_id("c")
+        now = time.time()
+
+        def op(db: sqlite3.Connection) -> Conversation:
+            _tenant_row(db, tenant_id)
+            db.execute(
+                "INSERT INTO conversations (tenant, id, state, version, last_seq, created_at, "
+                "updated_at) VALUES (?, ?, 'bot', 0, 0, ?, ?)",
+                (tenant_id, conversation_id, now, now),
+            )
+            return _conversation_row(db, conversation_id)
+
         return await self._write(op, inline=True)
 
     async def get_conversation(self, conversation_id: str) -> Conversation:
@@ -657,11 +601,99 @@ class SQLiteStore(Store):
 
     async def append_message(self, request: MessageRequest) -> AppendedMessage:
         key = client_key(dict(request.author), request.client_id) if request.client_id else None
-        op = partial(_append_message, request, key, message_id_for(request), time.time())
+        message_id = message_id_for(request)
+        data = message_event_data(request, message_id)
+        now = time.time()
+        role = request.author.get("role")
+        extra_sql = ""
+        if role == "customer":
+            # The reply clock starts with the first unanswered customer message.
+            extra_sql = (
+                ", awaiting_agent_since = CASE WHEN state = 'human' "
+                "THEN COALESCE(awaiting_agent_since, :now) ELSE awaiting_agent_since END"
+                ", preview = :preview"
+            )
+        elif role == "agent":
+            extra_sql = ", awaiting_agent_since = NULL"
+        bump_sql = (
+            f"UPDATE conversations SET last_seq = last_seq + 1, updated_at = :now{extra_sql} "
+            "WHERE id = :id RETURNING state, agent_id, last_seq"
+        )
+        params = {"now": now, "id": request.conversation_id, "preview": request.text[:140]}
+        insert_sql = _INSERT_MESSAGE if key is None else _INSERT_MESSAGE_ONCE
+
+        def op(db: sqlite3.Connection) -> AppendedMessage:
+            # Bump the seq and insert first, look for a resend only when the insert finds
+            # one: the common case is two statements. Whatever is refused or found stored
+            # already raises, and the bump is undone with it.
+            bumped = db.execute(bump_sql, params).fetchone()
+            if bumped is None:
+                raise NotFound("unknown conversation")
+            state, agent_id, seq = bumped
+            refused = refusal(request, state, agent_id)
+            if refused is None:
+                inserted = db.execute(
+                    insert_sql, (request.conversation_id, seq, now, key, json.dumps(data))
+                ).rowcount
+                if inserted:
+                    event = Event(request.conversation_id, int(seq), now, "message", data)
+                    return AppendedMessage(event, True, state)
+            # A resend is answered with the message stored first, even where the
+            # conversation would refuse it now (its first send was acked, or will be).
+            row = None
+            if key is not None:
+                row = db.execute(
+                    "SELECT conversation_id, seq, ts, kind, data FROM events "
+                    "WHERE conversation_id = ? AND client_key = ?",
+                    (request.conversation_id, key),
+                ).fetchone()
+            if row is not None:
+                raise _UndoWrites(AppendedMessage(_event(row), False, state))
+            raise refused or Unavailable("the message was neither stored nor found stored")
+
         return await self._write(op, inline=True)
 
     async def apply_transition(self, request: TransitionRequest) -> tuple[Conversation, Event]:
-        return await self._write(partial(_apply_transition, request, time.time()), inline=True)
+        now = time.time()
+
+        def op(db: sqlite3.Connection) -> tuple[Conversation, Event]:
+            current = _conversation_row(db, request.conversation_id)
+            if current.version != request.expected_version or current.state != request.from_state:
+                raise Conflict(
+                    "the conversation changed meanwhile",
+                    state=current.state,
+                    version=current.version,
+                )
+            # SQLite keeps lists as JSON text and booleans as integers.
+            fields = {
+                name: _sqlite_value(value)
+                for name, value in transition_changes(current, request, now).items()
+            }
+            seconds = handle_time(current, request, now)
+            if seconds is not None:
+                db.execute(
+                    "INSERT INTO handle_times (tenant, agent_id, conversation_id, seconds, "
+                    "resolved_at) VALUES (?,?,?,?,?)",
+                    (current.tenant, current.agent_id, current.id, seconds, now),
+                )
+            assignments = ", ".join(f"{name} = :{name}" for name in fields)
+            cur = db.execute(
+                f"UPDATE conversations SET {assignments} WHERE id = :id AND version = :expected",
+                {**fields, "id": current.id, "expected": request.expected_version},
+            )
+            if cur.rowcount != 1:
+                raise Conflict("the conversation changed meanwhile")
+            seq = _next_seq(db, current.id, now)
+            agent = _agent_brief(db, request.agent_id) if request.to_state == "human" else None
+            data = state_event_data(request, agent)
+            db.execute(
+                "INSERT INTO events (conversation_id, seq, ts, kind, client_key, data) "
+                "VALUES (?, ?, ?, 'state', NULL, ?)",
+                (current.id, seq, now, json.dumps(data)),
+            )
+            return _conversation_row(db, current.id), Event(current.id, seq, now, "state", data)
+
+        return await self._write(op, inline=True)
 
     async def events_after(
         self, conversation_id: str, after_seq: int, limit: int = 1000
@@ -723,7 +755,15 @@ class SQLiteStore(Store):
         return await self._read(fn)
 
     async def set_rating(self, conversation_id: str, score: int, comment: str) -> None:
-        await self._write(partial(_set_rating, conversation_id, score, comment), inline=True)
+        def op(db: sqlite3.Connection) -> None:
+            cur = db.execute(
+                "UPDATE conversations SET rating = ?, rating_comment = ? WHERE id = ?",
+                (score, comment, conversation_id),
+            )
+            if cur.rowcount == 0:
+                raise NotFound("unknown conversation")
+
+        await self._write(op, inline=True)
 
     async def tenant_stats(self, tenant_id: str) -> TenantStats:
         def fn(db: sqlite3.Connection) -> TenantStats:
@@ -981,125 +1021,6 @@ def _find_descriptor(wanted: os.stat_result) -> int | None:
     return None
 
 
-# The small writes that may run inline (or in the writer process, which is why they are
-# module-level functions bound with `partial`: those pickle by reference).
-
-
-def _create_conversation(
-    tenant_id: str, conversation_id: str, now: float, db: sqlite3.Connection
-) -> Conversation:
-    _tenant_row(db, tenant_id)
-    db.execute(
-        "INSERT INTO conversations (tenant, id, state, version, last_seq, created_at, "
-        "updated_at) VALUES (?, ?, 'bot', 0, 0, ?, ?)",
-        (tenant_id, conversation_id, now, now),
-    )
-    return _conversation_row(db, conversation_id)
-
-
-def _append_message(
-    request: MessageRequest,
-    key: str | None,
-    message_id: str,
-    now: float,
-    db: sqlite3.Connection,
-) -> AppendedMessage:
-    # Bump the seq and insert first, look for a resend only when the insert finds one: the
-    # common case is two statements. Whatever is refused or found stored already raises, and
-    # the bump is undone with it.
-    params = {"now": now, "id": request.conversation_id, "preview": request.text[:140]}
-    bump_sql = _BUMP_SEQ_BY_ROLE.get(str(request.author.get("role")), _BUMP_SEQ)
-    bumped = db.execute(bump_sql, params).fetchone()
-    if bumped is None:
-        raise NotFound("unknown conversation")
-    state, agent_id, seq = bumped
-    refused = refusal(request, state, agent_id)
-    if refused is None:
-        data = message_event_data(request, message_id)
-        insert_sql = _INSERT_MESSAGE if key is None else _INSERT_MESSAGE_ONCE
-        inserted = db.execute(
-            insert_sql, (request.conversation_id, seq, now, key, json.dumps(data))
-        ).rowcount
-        if inserted:
-            event = Event(request.conversation_id, int(seq), now, "message", data)
-            return AppendedMessage(event, True, state)
-    # A resend is answered with the message stored first, even where the conversation would
-    # refuse it now (its first send was acked, or will be).
-    row = None
-    if key is not None:
-        row = db.execute(
-            "SELECT conversation_id, seq, ts, kind, data FROM events "
-            "WHERE conversation_id = ? AND client_key = ?",
-            (request.conversation_id, key),
-        ).fetchone()
-    if row is not None:
-        raise _UndoWrites(AppendedMessage(_event(row), False, state))
-    raise refused or Unavailable("the message was neither stored nor found stored")
-
-
-def _apply_transition(
-    request: TransitionRequest, now: float, db: sqlite3.Connection
-) -> tuple[Conversation, Event]:
-    current = _conversation_row(db, request.conversation_id)
-    if current.version != request.expected_version or current.state != request.from_state:
-        raise Conflict(
-            "the conversation changed meanwhile",
-            state=current.state,
-            version=current.version,
-        )
-    # SQLite keeps lists as JSON text and booleans as integers.
-    fields = {
-        name: _sqlite_value(value)
-        for name, value in transition_changes(current, request, now).items()
-    }
-    seconds = handle_time(current, request, now)
-    if seconds is not None:
-        db.execute(
-            "INSERT INTO handle_times (tenant, agent_id, conversation_id, seconds, "
-            "resolved_at) VALUES (?,?,?,?,?)",
-            (current.tenant, current.agent_id, current.id, seconds, now),
-        )
-    assignments = ", ".join(f"{name} = :{name}" for name in fields)
-    cur = db.execute(
-        f"UPDATE conversations SET {assignments} WHERE id = :id AND version = :expected",
-        {**fields, "id": current.id, "expected": request.expected_version},
-    )
-    if cur.rowcount != 1:
-        raise Conflict("the conversation changed meanwhile")
-    seq = _next_seq(db, current.id, now)
-    agent = _agent_brief(db, request.agent_id) if request.to_state == "human" else None
-    data = state_event_data(request, agent)
-    db.execute(
-        "INSERT INTO events (conversation_id, seq, ts, kind, client_key, data) "
-        "VALUES (?, ?, ?, 'state', NULL, ?)",
-        (current.id, seq, now, json.dumps(data)),
-    )
-    return _conversation_row(db, current.id), Event(current.id, seq, now, "state", data)
-
-
-def _set_rating(conversation_id: str, score: int, comment: str, db: sqlite3.Connection) -> None:
-    cur = db.execute(
-        "UPDATE conversations SET rating = ?, rating_comment = ? WHERE id = ?",
-        (score, comment, conversation_id),
-    )
-    if cur.rowcount == 0:
-        raise NotFound("unknown conversation")
-
-
-_BUMP_SEQ_TEMPLATE = (
-    "UPDATE conversations SET last_seq = last_seq + 1, updated_at = :now{} "
-    "WHERE id = :id RETURNING state, agent_id, last_seq"
-)
-_BUMP_SEQ_BY_ROLE = {
-    # The reply clock starts with the first unanswered customer message.
-    "customer": _BUMP_SEQ_TEMPLATE.format(
-        ", awaiting_agent_since = CASE WHEN state = 'human' "
-        "THEN COALESCE(awaiting_agent_since, :now) ELSE awaiting_agent_since END"
-        ", preview = :preview"
-    ),
-    "agent": _BUMP_SEQ_TEMPLATE.format(", awaiting_agent_since = NULL"),
-}
-_BUMP_SEQ = _BUMP_SEQ_TEMPLATE.format("")
 _INSERT_MESSAGE = (
     "INSERT INTO events (conversation_id, seq, ts, kind, client_key, data) "
     "VALUES (?, ?, ?, 'message', ?, ?)"
@@ -1124,7 +1045,7 @@ class _UndoWrites(Exception):
         self.result = result
 
 
-def _as_store_error(exc: BaseException) -> WarmlineError:
+def _as_store_error(exc: Exception) -> WarmlineError:
     return exc if isinstance(exc, WarmlineError) else Unavailable(f"store write failed: {exc}")
 
 
@@ -1153,13 +1074,15 @@ def _run_one(db: sqlite3.Connection, op: SyncOp, undo_sql: str) -> tuple[tuple[b
     return outcome, True
 
 
-def _run_together(db: sqlite3.Connection, ops: Sequence[SyncOp]) -> list[tuple[bool, Any]] | None:
+def _run_together(
+    db: sqlite3.Connection, batch: list[QueuedWrite]
+) -> list[tuple[bool, Any]] | None:
     """The batch in the open transaction, committed; None, with everything undone, when one
     of the writes raised. Chat messages are rarely refused, and a savepoint per write costs
     two more statements (SAVEPOINT, RELEASE) beside its usual two or three."""
     with _rolled_back_on_error(db):
         try:
-            results = [op(db) for op in ops]
+            results = [op(db) for op, _, _ in batch]
         except Exception:
             db.execute("ROLLBACK")
             return None
@@ -1168,14 +1091,14 @@ def _run_together(db: sqlite3.Connection, ops: Sequence[SyncOp]) -> list[tuple[b
 
 
 def _run_each_in_savepoint(
-    db: sqlite3.Connection, ops: Sequence[SyncOp]
+    db: sqlite3.Connection, batch: list[QueuedWrite]
 ) -> tuple[list[tuple[bool, Any]], int]:
     """The batch in the open transaction, each write undone alone when it raises; and how
     many were undone."""
     outcomes: list[tuple[bool, Any]] = []
     undone = 0
     with _rolled_back_on_error(db):
-        for op in ops:
+        for op, _, _ in batch:
             db.execute("SAVEPOINT op")
             outcome, was_undone = _run_one(db, op, "ROLLBACK TO op")
             db.execute("RELEASE op")
@@ -1183,57 +1106,6 @@ def _run_each_in_savepoint(
             undone += was_undone
         db.execute("COMMIT")
     return outcomes, undone
-
-
-@dataclass
-class BatchHistory:
-    """What the batches of one connection taught the next ones: see `run_batch`."""
-
-    # Batches run a second time because a write in them raised.
-    reruns: int = 0
-    # Whether the next batch should take a savepoint per write from the start.
-    expect_undos: bool = False
-
-
-def run_batch(
-    db: sqlite3.Connection,
-    ops: Sequence[SyncOp],
-    history: BatchHistory,
-    wait: bool = False,
-    savepoint_each: bool = False,
-) -> list[tuple[bool, Any]]:
-    """Run the writes in one transaction and commit; an outcome per write, (True, result) or
-    (False, error). A write that raises leaves its neighbours stored.
-
-    `wait`: wait for the write lock (the connection's busy timeout) rather than raise
-    `_LockBusy` at once.
-    """
-    _begin(db, wait)
-    if len(ops) == 1:
-        return [_run_alone(db, ops[0])]
-    if not savepoint_each and not history.expect_undos:
-        outcomes = _run_together(db, ops)
-        if outcomes is not None:
-            return outcomes
-        # One of them failed or was refused: all of theirs was undone with it. Again, each
-        # in a savepoint of its own, so that the others still commit.
-        history.reruns += 1
-        _begin(db, wait)
-    outcomes, undone = _run_each_in_savepoint(db, ops)
-    if not savepoint_each:
-        # While writes keep being refused (claims racing in a handoff storm, say), running a
-        # batch twice would cost more than the savepoints do.
-        history.expect_undos = undone > 0
-    return outcomes
-
-
-def _run_alone(db: sqlite3.Connection, op: SyncOp) -> tuple[bool, Any]:
-    # With no neighbours to protect, the transaction itself is the savepoint.
-    with _rolled_back_on_error(db):
-        outcome, undone = _run_one(db, op, "ROLLBACK")
-        if not undone:
-            db.execute("COMMIT")
-    return outcome
 
 
 def _begin(db: sqlite3.Connection, wait: bool) -> None:
