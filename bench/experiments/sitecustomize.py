@@ -11,6 +11,10 @@ edits the server: nothing here is imported unless a benchmark passes
     WL_EXP_CHECKPOINT_EVERY=N  checkpoint the SQLite WAL every N inline writes instead of the
                                store's CHECKPOINT_EVERY_WRITES
     WL_EXP_MMAP=BYTES          PRAGMA mmap_size on the loop's own SQLite connection
+    WL_EXP_NO_CLIENT_KEY_INDEX=1
+                               drop the idempotency index (events_client_key) and store
+                               every chat message without looking for a resend: unsafe, the
+                               most any cheaper idempotency key could save per message
     WL_EXP_NULL_APPEND=1       after a conversation's first real message, keep the rest of
                                its messages in memory only (what the chat benchmark would
                                deliver with a store that cost nothing per message)
@@ -75,6 +79,20 @@ def _mmap(size: int) -> None:
         return db
 
     store.SQLiteStore._connect_inline = _connect_inline  # type: ignore[method-assign]
+
+
+def _no_client_key_index() -> None:
+    from warmline.store import sqlite as store
+
+    connect_inline = store.SQLiteStore._connect_inline
+
+    def _connect_inline(self: Any) -> Any:
+        db = connect_inline(self)
+        db.execute("DROP INDEX IF EXISTS events_client_key")
+        return db
+
+    store.SQLiteStore._connect_inline = _connect_inline  # type: ignore[method-assign]
+    store._INSERT_MESSAGE_ONCE = store._INSERT_MESSAGE
 
 
 def _cprofile(path: str) -> None:
@@ -313,6 +331,8 @@ if ACTIVE:
         _no_metrics()
     if os.environ.get("WL_EXP_INLINE_READS"):
         _inline_reads()
+    if os.environ.get("WL_EXP_NO_CLIENT_KEY_INDEX"):
+        _no_client_key_index()
     if os.environ.get("WL_EXP_MMAP"):
         _mmap(int(os.environ["WL_EXP_MMAP"]))
     if os.environ.get("WL_EXP_CHECKPOINT_EVERY"):
