@@ -6,7 +6,15 @@ the load generator's chat scenario (customer `hello`/`message`/`request_human`/`
 (an `ack` to the sender, the `event` to both sides). Whatever Warmline reaches against this
 on the same machine is its share of what Python can do here.
 
+With `--store FILE` the relay also commits every chat message to SQLite before its `ack`, as
+Warmline does, and no more: one table of events with Warmline's two unique indexes (gap-free
+seq per conversation; the client id, so a resend is acked with what was stored and not
+stored twice), WAL with synchronous=NORMAL, one group commit per turn of the loop on the
+loop's own connection, SQLite's own checkpoints. No conversation rows, no state machine, no
+rate limits. That is the ceiling of a Python chat server that stores its messages.
+
     python bench/ceiling_relay.py --port 0     # prints "Ceiling relay listening on ws://…"
+    python bench/ceiling_relay.py --port 0 --store /tmp/relay.db
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import asyncio
 import itertools
 import json
 import signal
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,9 +48,101 @@ class Conversation:
     state: str = "bot"
 
 
+STORE_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, conversation_id TEXT NOT NULL, "
+    "seq INTEGER NOT NULL, ts REAL NOT NULL, client_key TEXT, data TEXT NOT NULL)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS events_seq ON events (conversation_id, seq)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS events_client_key ON events (conversation_id, client_key) "
+    "WHERE client_key IS NOT NULL",
+)
+INSERT_MESSAGE = (
+    "INSERT INTO events (conversation_id, seq, ts, client_key, data) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (conversation_id, client_key) WHERE client_key IS NOT NULL DO NOTHING"
+)
+Stored = tuple[int, bool]  # (the message's seq, whether this send stored it)
+PendingMessage = tuple[Conversation, str | None, str, "asyncio.Future[Stored]"]
+
+
+class MessageLog:
+    """Chat messages in SQLite, committed in groups on the event loop before they are acked."""
+
+    def __init__(self, path: str) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None)
+        for pragma in ("page_size = 2048", "journal_mode = WAL", "synchronous = NORMAL"):
+            self.db.execute(f"PRAGMA {pragma}")
+        for statement in STORE_SCHEMA:
+            self.db.execute(statement)
+        self._pending: list[PendingMessage] = []
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._commit_loop(), name="relay-group-commit")
+
+    async def append(
+        self, conversation: Conversation, author: Frame, client_id: Any, data: str
+    ) -> Stored:
+        future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
+        # As Warmline's: one key per author and client id (both sides count their own ids).
+        client_key = None if client_id is None else f"{author['role']}:{author['id']}:{client_id}"
+        self._pending.append((conversation, client_key, data, future))
+        self._wake.set()
+        return await future
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            try:
+                outcomes = self._commit(batch)
+            except Exception as exc:
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (*_, future), outcome in zip(batch, outcomes, strict=True):
+                if not future.done():
+                    future.set_result(outcome)
+            await asyncio.sleep(0)  # let the senders just answered run before the next batch
+
+    def _commit(self, batch: list[PendingMessage]) -> list[Stored]:
+        outcomes: list[Stored] = []
+        # Seqs taken in this transaction: the conversations keep them only once it commits.
+        taken: dict[str, tuple[Conversation, int]] = {}
+        now = time.time()
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for conversation, client_key, data, _ in batch:
+                seq = taken.get(conversation.id, (conversation, conversation.seq))[1] + 1
+                row = (conversation.id, seq, now, client_key, data)
+                if self.db.execute(INSERT_MESSAGE, row).rowcount:
+                    taken[conversation.id] = (conversation, seq)
+                    outcomes.append((seq, True))
+                else:
+                    found = self.db.execute(
+                        "SELECT seq FROM events WHERE conversation_id = ? AND client_key = ?",
+                        (conversation.id, client_key),
+                    ).fetchone()
+                    outcomes.append((int(found[0]), False))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        for conversation, seq in taken.values():
+            conversation.seq = seq
+        return outcomes
+
+    async def close(self) -> None:
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        self.db.close()
+
+
 class Relay:
-    def __init__(self) -> None:
+    def __init__(self, log: MessageLog | None = None) -> None:
         self.conversations: dict[str, Conversation] = {}
+        self.log = log
         self._ids = itertools.count(1)
         self._messages = itertools.count(1)
 
@@ -80,12 +181,16 @@ class Relay:
                 except ConnectionClosed:
                     pass
 
-    def _event(self, conversation: Conversation, kind: str, **data: Any) -> Frame:
-        conversation.seq += 1
+    def _event(
+        self, conversation: Conversation, kind: str, seq: int | None = None, **data: Any
+    ) -> Frame:
+        if seq is None:
+            conversation.seq += 1
+            seq = conversation.seq
         return {
             "type": "event",
             "conversation_id": conversation.id,
-            "seq": conversation.seq,
+            "seq": seq,
             "ts": time.time(),
             "kind": kind,
             **data,
@@ -95,15 +200,21 @@ class Relay:
         self, ws: ServerConnection, conversation: Conversation, frame: Frame, author: Frame
     ) -> None:
         client_id = frame.get("id")
-        event = self._event(
-            conversation,
-            "message",
-            id=f"m_{next(self._messages)}",
-            client_id=client_id,
-            author=author,
-            text=frame.get("text", ""),
-            sources=[],
-        )
+        body = {
+            "id": f"m_{next(self._messages)}",
+            "client_id": client_id,
+            "author": author,
+            "text": frame.get("text", ""),
+            "sources": [],
+        }
+        seq = None
+        if self.log is not None:
+            seq, stored = await self.log.append(conversation, author, client_id, dumps(body))
+            if not stored:  # a resend: acked with what was stored, delivered once already
+                ack = {"type": "ack", "id": client_id, "seq": seq}
+                await self._reply(ws, ack, frame.get("ref"))
+                return
+        event = self._event(conversation, "message", seq, **body)
         await self._reply(
             ws, {"type": "ack", "id": client_id, "seq": event["seq"]}, frame.get("ref")
         )
@@ -187,25 +298,31 @@ def _error(code: str, message: str) -> Frame:
     return {"type": "error", "code": code, "message": message}
 
 
-async def main(host: str, port: int) -> None:
-    relay = Relay()
+async def main(host: str, port: int, store: str | None = None) -> None:
+    log = MessageLog(store) if store else None
+    relay = Relay(log)
     stop = asyncio.get_running_loop().create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set_result, None)
-    async with serve(relay.handler, host, port, compression=None, max_size=1 << 20) as server:
-        bound = next(iter(server.sockets)).getsockname()
-        print(f"Ceiling relay listening on ws://{bound[0]}:{bound[1]}", flush=True)
-        await stop
+    try:
+        async with serve(relay.handler, host, port, compression=None, max_size=1 << 20) as server:
+            bound = next(iter(server.sockets)).getsockname()
+            print(f"Ceiling relay listening on ws://{bound[0]}:{bound[1]}", flush=True)
+            await stop
+    finally:
+        if log is not None:
+            await log.close()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--store", help="commit every chat message to this SQLite file first")
     options = parser.parse_args()
     try:
         import uvloop
     except ImportError:
-        asyncio.run(main(options.host, options.port))
+        asyncio.run(main(options.host, options.port, options.store))
     else:
-        uvloop.run(main(options.host, options.port))
+        uvloop.run(main(options.host, options.port, options.store))

@@ -112,7 +112,8 @@ def details(scenario: str, result: dict[str, Any]) -> str:
     if scenario == "chat":
         parts = [f"Warmline (one node):\n\n{steps_table(result['warmline'])}"]
         if "ceiling" in result:
-            parts.append(f"Ceiling relay:\n\n{steps_table(result['ceiling'])}")
+            label = "Ceiling relay" + (", storing" if result.get("ceiling_store") else "")
+            parts.append(f"{label}:\n\n{steps_table(result['ceiling'])}")
         return "\n\n".join(parts)
     if scenario == "chat-nodes":
         return (f"One node:\n\n{steps_table(result['single'])}\n\n"
@@ -158,6 +159,7 @@ def build_runner(args: argparse.Namespace) -> Callable[[], Awaitable[dict[str, A
             rates=parse_rates(args.rates), max_rate_per_side=args.rate_per_side,
             workers=args.workers, inline=args.inline, warmup_s=args.warmup, measure_s=args.measure,
             drain_s=args.drain, probe_s=args.probe, p99_limit_ms=args.p99_limit, env=env,
+            ceiling_store=getattr(args, "ceiling_store", False),
         )
         if args.scenario == "chat":
             return lambda: run_chat(chat, ceiling=not args.no_ceiling)
@@ -238,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="a step with a higher p99 (ms) counts as saturated")
         if name == "chat":
             chat.add_argument("--no-ceiling", action="store_true")
+            chat.add_argument("--ceiling-store", action="store_true",
+                              help="the ceiling relay commits every message to SQLite first")
 
     handoff = sub.add_parser("handoff", parents=[common], help="K customers ask for a human")
     handoff.add_argument("--customers", type=int, default=1000)

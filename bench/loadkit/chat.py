@@ -57,6 +57,8 @@ class ChatOptions:
     heartbeat_s: float = 10.0
     start_margin_s: float = 0.5  # for the step command to reach every worker
     env: dict[str, str] = field(default_factory=dict)
+    # The ceiling relay commits every chat message to SQLite before its ack, as Warmline does.
+    ceiling_store: bool = False
 
 
 # Client side ---------------------------------------------------------------------------------
@@ -444,7 +446,7 @@ async def run_topology(
         raise ValueError(f"unknown topology {topology!r}")
     async with Rig(options.env) as rig:
         if topology == "relay":
-            await rig.start_relay()
+            await rig.start_relay(store=options.ceiling_store)
         else:
             await rig.start_nodes(2 if topology == "cross" else 1, redis=topology == "cross")
         workers = open_workers("bench.loadkit.chat", options.workers, options.inline)
@@ -485,6 +487,7 @@ async def run_chat(options: ChatOptions, ceiling: bool = True) -> dict[str, Any]
         result["ceiling"] = await run_topology(
             "relay", options, lambda sat: [half(sat), half_warmline]
         )
+        result["ceiling_store"] = options.ceiling_store
     result["headline"] = chat_headline(result)
     return result
 

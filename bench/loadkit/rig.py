@@ -49,7 +49,8 @@ BENCH_ENV = {
 class RelayProcess:
     """bench/ceiling_relay.py in its own process."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: Path | None = None) -> None:
+        self.store = store
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
         self.lines: list[str] = []
@@ -64,8 +65,11 @@ class RelayProcess:
         return f"ws://127.0.0.1:{self.port}/v1/ws/{role}"
 
     def start(self) -> RelayProcess:
+        command = [sys.executable, str(BENCH_DIR / "ceiling_relay.py"), "--port", "0"]
+        if self.store is not None:
+            command += ["--store", str(self.store)]
         self.proc = subprocess.Popen(
-            [sys.executable, str(BENCH_DIR / "ceiling_relay.py"), "--port", "0"],
+            command,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -164,8 +168,9 @@ class Rig:
             await asyncio.to_thread(node.start)
         return self.nodes
 
-    async def start_relay(self) -> RelayProcess:
-        self.relay = RelayProcess()
+    async def start_relay(self, store: bool = False) -> RelayProcess:
+        """The ceiling relay; with `store`, committing every chat message to a SQLite file."""
+        self.relay = RelayProcess(self.dir / "relay.db" if store else None)
         await asyncio.to_thread(self.relay.start)
         return self.relay
 
