@@ -4,8 +4,8 @@
 UPDATE of the conversation's row (next seq, reply clock, preview) RETURNING its state, and
 an INSERT of the event that the idempotency index `events_client_key` refuses for a resend.
 This runs exactly those statements on the current schema with plain `sqlite3` (the pragmas
-of the loop's connection, a PASSIVE checkpoint every 500 commits as the store does), and
-beside them variants that each take one part away:
+of the loop's connection, and a PASSIVE checkpoint every CHECKPOINT_EVERY_WRITES messages as
+the store does), and beside them variants that each take one part away:
 
 - `no conversation update`: the seq comes from the events' own index (`MAX(seq) + 1` inside
   the INSERT) and the row is only read, so the message touches one page fewer;
@@ -40,9 +40,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from warmline.store.migrations import MIGRATIONS
-from warmline.store.sqlite import INLINE_CACHE_KIB, PAGE_SIZE
+from warmline.store.sqlite import CHECKPOINT_EVERY_WRITES, INLINE_CACHE_KIB, PAGE_SIZE
 
-CHECKPOINT_EVERY_COMMITS = 500
 DATA = json.dumps(
     {
         "id": "m_2w9Xo0pQ7rS1tU3v",
@@ -83,10 +82,16 @@ INSERT_HASHED = (
 Append = Callable[[sqlite3.Connection, str, str], None]
 
 
-def current(db: sqlite3.Connection, conversation_id: str, key: str) -> None:
+def take_next_seq(db: sqlite3.Connection, conversation_id: str) -> tuple[int, float]:
+    """The conversation's next seq, as the store's UPDATE takes it, and the time it used."""
     now = time.time()
     bump = {"now": now, "id": conversation_id, "preview": "Hello, my parcel"}
     _, _, seq = db.execute(BUMP, bump).fetchone()
+    return int(seq), now
+
+
+def current(db: sqlite3.Connection, conversation_id: str, key: str) -> None:
+    seq, now = take_next_seq(db, conversation_id)
     db.execute(INSERT_ONCE, (conversation_id, seq, now, key, DATA))
 
 
@@ -96,18 +101,14 @@ def no_conversation_update(db: sqlite3.Connection, conversation_id: str, key: st
 
 
 def hashed_client_key(db: sqlite3.Connection, conversation_id: str, key: str) -> None:
-    now = time.time()
-    bump = {"now": now, "id": conversation_id, "preview": "Hello, my parcel"}
-    _, _, seq = db.execute(BUMP, bump).fetchone()
+    seq, now = take_next_seq(db, conversation_id)
     digest = hashlib.blake2b(f"{conversation_id}\0{key}".encode(), digest_size=8).digest()
     key_hash = int.from_bytes(digest, "big", signed=True)
     db.execute(INSERT_HASHED, (conversation_id, seq, now, key, DATA, key_hash))
 
 
 def no_idempotency_index(db: sqlite3.Connection, conversation_id: str, key: str) -> None:
-    now = time.time()
-    bump = {"now": now, "id": conversation_id, "preview": "Hello, my parcel"}
-    _, _, seq = db.execute(BUMP, bump).fetchone()
+    seq, now = take_next_seq(db, conversation_id)
     db.execute(INSERT, (conversation_id, seq, now, key, DATA))
 
 
@@ -158,7 +159,6 @@ class Database:
         )
         self.db.execute("COMMIT")
         self.written = 0
-        self.commits = 0
 
     def write(self, batch: int, messages: int) -> None:
         for _ in range(messages // batch):
@@ -169,8 +169,7 @@ class Database:
                 key = f"customer:cu_{self.written % 997:016d}:s{self.written}"
                 self.append(self.db, conversation_id, key)
             self.db.execute("COMMIT")
-            self.commits += 1
-            if self.commits % CHECKPOINT_EVERY_COMMITS == 0:
+            if self.written % CHECKPOINT_EVERY_WRITES < batch:
                 self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def cpu_per_message_us(self, batch: int, messages: int) -> float:
