@@ -68,14 +68,15 @@ def _inline_reads() -> None:
     store.SQLiteStore._read = _read  # type: ignore[method-assign]
 
 
-def _mmap(size: int) -> None:
+def _on_inline_connection(statement: str) -> None:
+    """Run `statement` on the loop's own SQLite connection as soon as the store opens it."""
     from warmline.store import sqlite as store
 
     connect_inline = store.SQLiteStore._connect_inline
 
     def _connect_inline(self: Any) -> Any:
         db = connect_inline(self)
-        db.execute(f"PRAGMA mmap_size = {size}")
+        db.execute(statement)
         return db
 
     store.SQLiteStore._connect_inline = _connect_inline  # type: ignore[method-assign]
@@ -84,14 +85,7 @@ def _mmap(size: int) -> None:
 def _no_client_key_index() -> None:
     from warmline.store import sqlite as store
 
-    connect_inline = store.SQLiteStore._connect_inline
-
-    def _connect_inline(self: Any) -> Any:
-        db = connect_inline(self)
-        db.execute("DROP INDEX IF EXISTS events_client_key")
-        return db
-
-    store.SQLiteStore._connect_inline = _connect_inline  # type: ignore[method-assign]
+    _on_inline_connection("DROP INDEX IF EXISTS events_client_key")
     store._INSERT_MESSAGE_ONCE = store._INSERT_MESSAGE
 
 
@@ -334,7 +328,7 @@ if ACTIVE:
     if os.environ.get("WL_EXP_NO_CLIENT_KEY_INDEX"):
         _no_client_key_index()
     if os.environ.get("WL_EXP_MMAP"):
-        _mmap(int(os.environ["WL_EXP_MMAP"]))
+        _on_inline_connection(f"PRAGMA mmap_size = {int(os.environ['WL_EXP_MMAP'])}")
     if os.environ.get("WL_EXP_CHECKPOINT_EVERY"):
         from warmline.store import sqlite as _sqlite_store
 

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from bench.loadkit.chat import ChatOptions, run_topology
 from bench.loadkit.rig import RelayProcess
 
 
@@ -76,22 +75,3 @@ async def test_messages_are_stored_before_their_ack_and_a_resend_only_once(
         (first["seq"], "k1", "hello"),
         (answered["seq"], "k1", "hi"),
     ]
-
-
-async def test_the_chat_scenario_runs_against_the_storing_ceiling() -> None:
-    options = ChatOptions(
-        rates=(16,),
-        workers=1,
-        inline=True,
-        warmup_s=0.2,
-        measure_s=0.6,
-        drain_s=3.0,
-        probe_s=0.6,
-        start_margin_s=0.05,
-        ceiling_store=True,
-    )
-    result = await run_topology("relay", options, lambda saturation: [saturation / 2])
-    for step in result["steps"] + result["probes"]:
-        assert step["lost"] == 0, step
-        assert step["errors"] == {}, step
-        assert step["latency_ms"]["count"] > 0, step

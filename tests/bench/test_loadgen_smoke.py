@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.loadkit.chat import ChatOptions, run_chat, run_chat_nodes
+from bench.loadkit.chat import ChatOptions, run_chat, run_chat_nodes, run_topology
 from bench.loadkit.handoff import HandoffOptions, run_handoff
 from bench.loadkit.idle import IdleOptions, run_idle
 from bench.loadkit.reconnect import ReconnectOptions, run_reconnect
@@ -41,6 +41,13 @@ async def test_chat_against_warmline_and_the_ceiling() -> None:
     headline = result["headline"]
     assert headline["throughput_ratio"] > 0
     assert headline["warmline_probe_p99_ms"] > 0
+
+
+async def test_chat_against_the_ceiling_that_stores_every_message() -> None:
+    options = ChatOptions(**TINY_CHAT, ceiling_store=True)  # type: ignore[arg-type]
+    result = await run_topology("relay", options, lambda saturation: [saturation / 2])
+    for step in result["steps"] + result["probes"]:
+        _all_delivered(step)
 
 
 async def test_chat_across_two_nodes() -> None:
